@@ -1,0 +1,1 @@
+"""fedlab: a Jupyter-first research workbench for federated learning on JAX."""
