@@ -79,6 +79,12 @@ class Strategy(NamedTuple):
     broadcast(server_state) -> what the server sends each sampled client
     client_state_init(params) -> one client's persistent state (``()`` when it keeps none);
       the engine stores it for every client, sampled or not, between rounds.
+    aggregate(updates, weights, key) -> (aggregate, metrics) replaces the engine's weighted
+      mean (updates: the clients' update pytrees stacked on a leading [clients] axis; weights:
+      [clients], 0 for padding and dropped clients). None keeps the streamed weighted mean.
+      A function marked with ``host_aggregator`` runs outside jit on NumPy arrays (secure
+      aggregation, Paillier); its metrics (floats) land in the History.
+    report(rounds_done) -> dict of host-side metrics for the History (e.g. privacy spent).
     """
 
     name: str
@@ -89,6 +95,18 @@ class Strategy(NamedTuple):
     server_update: Callable
     broadcast: Callable = _identity_broadcast
     client_state_init: Callable = _no_client_state
+    aggregate: Callable | None = None
+    report: Callable | None = None
+
+
+def host_aggregator(fn: Callable) -> Callable:
+    """Mark an aggregate function to run on the host, outside the compiled round."""
+    fn.host = True
+    return fn
+
+
+def is_host_aggregator(fn) -> bool:
+    return bool(getattr(fn, "host", False))
 
 
 class Model(NamedTuple):
