@@ -167,7 +167,7 @@ def partition_dirichlet(central: CentralDataset, num_clients: int, key, *, alpha
     clients by a deterministic fix-up (instead of redrawing until it happens to hold).
     """
     if not np.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"partition: dirichlet alpha must be > 0, got {alpha}")
+        raise ValueError(f"partition: dirichlet alpha must be > 0, got {alpha:g}")
     _check_classes(central, "dirichlet")
     n = central.num_examples
     num_clients = _check_num_clients(num_clients, n)
@@ -244,7 +244,7 @@ def partition_quantity(central: CentralDataset, num_clients: int, key, *, expone
     """Quantity skew by a power law: the client of size rank r holds min_size + c * r**-exponent
     rows (ranks assigned to clients at random); labels stay IID."""
     if not np.isfinite(exponent) or exponent < 0:
-        raise ValueError(f"partition: quantity exponent must be >= 0, got {exponent}")
+        raise ValueError(f"partition: quantity exponent must be >= 0, got {exponent:g}")
 
     def shares(k, m):
         return (_random.permutation(k, m) + 1.0) ** -exponent
@@ -258,7 +258,7 @@ def partition_quantity_dirichlet(central: CentralDataset, num_clients: int, key,
     """Quantity skew by Dirichlet shares (NIID-Bench): sizes min_size + (N - ...) * q,
     q ~ Dirichlet(beta * 1); labels stay IID."""
     if not np.isfinite(beta) or beta <= 0:
-        raise ValueError(f"partition: quantity_dirichlet beta must be > 0, got {beta}")
+        raise ValueError(f"partition: quantity_dirichlet beta must be > 0, got {beta:g}")
 
     def shares(k, m):
         return _random.dirichlet(k, beta, 1, m)[0]
@@ -272,7 +272,7 @@ def partition_feature_shift(central: CentralDataset, num_clients: int, key, *,
     """Feature skew by noise (NIID-Bench): an IID split, then client k adds Gaussian noise of
     std sigma * k / (num_clients - 1) to its features (client 0 clean, the last one sigma)."""
     if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"partition: feature_shift sigma must be >= 0, got {sigma}")
+        raise ValueError(f"partition: feature_shift sigma must be >= 0, got {sigma:g}")
     part = partition_iid(central, num_clients, key)
     k = len(part.client_indices)
     noise = sigma * np.arange(k) / max(k - 1, 1)
@@ -357,7 +357,7 @@ def parse_spec(spec: str, registry, param: str, whole_rest: tuple[str, ...] = ()
     return entry, out
 
 
-def partition(central: CentralDataset, spec: str, num_clients: int | None, key) -> Partition:
+def make_partition(central: CentralDataset, spec: str, num_clients: int | None, key) -> Partition:
     """Run the partitioner named by ``spec`` (e.g. 'dirichlet:0.5') on ``central``."""
     entry, knobs = parse_spec(spec, PARTITIONS, "partition", whole_rest=("column",))
     return entry.factory(central, num_clients, key, **knobs)
@@ -374,7 +374,7 @@ def federate(central: CentralDataset, partition_spec: str, num_clients: int | No
     if (not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool)
             or not 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction: must be in [0, 1), got {test_fraction}")
-    part = partition(central, partition_spec, num_clients, _random.subkey(key, 0))
+    part = make_partition(central, partition_spec, num_clients, _random.subkey(key, 0))
     rows = np.concatenate(part.client_indices)
     sizes = np.array([len(i) for i in part.client_indices], np.int64)
     client = np.repeat(np.arange(len(sizes)), sizes)
