@@ -271,8 +271,8 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"seed: must be an integer, got {seed!r}")
     if num_clients is not None and (not isinstance(num_clients, (int, np.integer))
-                                    or isinstance(num_clients, bool) or num_clients < 1):
-        raise ValueError(f"num_clients: must be an integer >= 1, got {num_clients!r}")
+                                    or isinstance(num_clients, bool)):
+        raise ValueError(f"num_clients: must be an integer or None, got {num_clients!r}")
     if (not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool)
             or not 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction: must be in [0, 1), got {test_fraction}")
@@ -285,13 +285,13 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
     elif target is not None:
         raise ValueError(f"target: only csv:PATH datasets take a target; {entry.name!r} has a "
                          "fixed one")
-    key = _random.as_key(seed)
     natural = partition in (None, "natural")
+    if entry.name == "npz" and not natural:
+        raise ValueError(f"partition: npz datasets come partitioned; use 'natural' or omit it, "
+                         f"got {partition!r}")
+    key = _random.as_key(seed)
     data = entry.factory(_random.subkey(key, 0), num_clients if natural else None, **knobs)
     if isinstance(data, FederatedDataset):
-        if not natural:
-            raise ValueError(f"partition: {entry.name} datasets come partitioned; use 'natural' "
-                             f"or omit it, got {partition!r}")
         if num_clients is not None and num_clients != data.num_clients:
             raise ValueError(f"num_clients: {dataset} has {data.num_clients} clients, got {num_clients}")
         return data

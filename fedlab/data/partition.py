@@ -141,8 +141,17 @@ def _enforce_min_size(client_of_row: np.ndarray, num_clients: int, min_size: int
     return out
 
 
+def _check_number(value, what: str, low: float, strict: bool) -> float:
+    """``value`` as a float, or ValueError '<what> must be > low, got value'."""
+    is_number = isinstance(value, (int, float, np.number)) and not isinstance(value, bool)
+    if not (is_number and np.isfinite(value) and (value > low if strict else value >= low)):
+        shown = f"{value:g}" if is_number else repr(value)
+        raise ValueError(f"{what} must be {'>' if strict else '>='} {low:g}, got {shown}")
+    return float(value)
+
+
 def _min_size(min_size, n: int, num_clients: int, name: str) -> int:
-    if not isinstance(min_size, (int, np.integer)) or min_size < 0:
+    if not isinstance(min_size, (int, np.integer)) or isinstance(min_size, bool) or min_size < 0:
         raise ValueError(f"partition: {name} min_size must be an integer >= 0, got {min_size}")
     return int(min(min_size, n // num_clients))
 
@@ -166,8 +175,7 @@ def partition_dirichlet(central: CentralDataset, num_clients: int, key, *, alpha
     with fewer than min(min_size, N // num_clients) rows are topped up from the largest
     clients by a deterministic fix-up (instead of redrawing until it happens to hold).
     """
-    if not np.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"partition: dirichlet alpha must be > 0, got {alpha:g}")
+    alpha = _check_number(alpha, "partition: dirichlet alpha", 0, strict=True)
     _check_classes(central, "dirichlet")
     n = central.num_examples
     num_clients = _check_num_clients(num_clients, n)
@@ -196,7 +204,8 @@ def partition_shards(central: CentralDataset, num_clients: int, key, *,
     Shards never straddle two labels (each class is cut into its own shards, their number
     proportional to the class size), so a client holds at most ``shards_per_client`` labels.
     """
-    if not isinstance(shards_per_client, (int, np.integer)) or shards_per_client < 1:
+    if (not isinstance(shards_per_client, (int, np.integer)) or isinstance(shards_per_client, bool)
+            or shards_per_client < 1):
         raise ValueError(f"partition: shards per client must be an integer >= 1, got {shards_per_client}")
     _check_classes(central, "shards")
     n = central.num_examples
@@ -243,8 +252,7 @@ def partition_quantity(central: CentralDataset, num_clients: int, key, *, expone
                        min_size: int = 10) -> Partition:
     """Quantity skew by a power law: the client of size rank r holds min_size + c * r**-exponent
     rows (ranks assigned to clients at random); labels stay IID."""
-    if not np.isfinite(exponent) or exponent < 0:
-        raise ValueError(f"partition: quantity exponent must be >= 0, got {exponent:g}")
+    exponent = _check_number(exponent, "partition: quantity exponent", 0, strict=False)
 
     def shares(k, m):
         return (_random.permutation(k, m) + 1.0) ** -exponent
@@ -257,8 +265,7 @@ def partition_quantity_dirichlet(central: CentralDataset, num_clients: int, key,
                                  beta: float = 0.5, min_size: int = 10) -> Partition:
     """Quantity skew by Dirichlet shares (NIID-Bench): sizes min_size + (N - ...) * q,
     q ~ Dirichlet(beta * 1); labels stay IID."""
-    if not np.isfinite(beta) or beta <= 0:
-        raise ValueError(f"partition: quantity_dirichlet beta must be > 0, got {beta:g}")
+    beta = _check_number(beta, "partition: quantity_dirichlet beta", 0, strict=True)
 
     def shares(k, m):
         return _random.dirichlet(k, beta, 1, m)[0]
@@ -271,8 +278,7 @@ def partition_feature_shift(central: CentralDataset, num_clients: int, key, *,
                             sigma: float = 0.1) -> Partition:
     """Feature skew by noise (NIID-Bench): an IID split, then client k adds Gaussian noise of
     std sigma * k / (num_clients - 1) to its features (client 0 clean, the last one sigma)."""
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"partition: feature_shift sigma must be >= 0, got {sigma:g}")
+    sigma = _check_number(sigma, "partition: feature_shift sigma", 0, strict=False)
     part = partition_iid(central, num_clients, key)
     k = len(part.client_indices)
     noise = sigma * np.arange(k) / max(k - 1, 1)

@@ -21,6 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from fedlab.data import _random
+from fedlab.data.partition import _check_number
 
 NUM_FEATURES = 60
 NUM_CLASSES = 10
@@ -54,8 +55,7 @@ def generate_synthetic(key, num_clients: int = 30, alpha: float = 1.0, beta: flo
     if not isinstance(num_clients, (int, np.integer)) or isinstance(num_clients, bool) or num_clients < 1:
         raise ValueError(f"num_clients: must be an integer >= 1, got {num_clients}")
     for name, value in (("alpha", alpha), ("beta", beta)):
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"dataset: synthetic {name} must be >= 0, got {value}")
+        _check_number(value, f"dataset: synthetic {name}", 0, strict=False)
     k, d, c = int(num_clients), num_features, num_classes
     z = lambda stage, shape: _random.normal(_random.subkey(key, stage), shape)  # noqa: E731
     sizes = 50 + np.floor(np.exp(4.0 + 2.0 * z(0, k))).astype(np.int64)
