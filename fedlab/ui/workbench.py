@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import inspect
 import math
+import os
 import threading
 import time
 import traceback
@@ -88,6 +89,15 @@ def _knob_widget(kind: str, entry: str, name: str, default):
     return W.Text(value=default, description=label, style=style)
 
 
+def _bounds(widget) -> tuple[float, float]:
+    """The range a widget accepts (a log slider's min/max are exponents)."""
+    if isinstance(widget, W.FloatLogSlider):
+        return widget.base ** widget.min, widget.base ** widget.max
+    if isinstance(widget, (W.BoundedIntText, W.BoundedFloatText, W.IntSlider, W.FloatSlider)):
+        return widget.min, widget.max
+    return -math.inf, math.inf
+
+
 def _spec_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -138,6 +148,18 @@ def empty_figure(panels) -> go.FigureWidget:
     return go.FigureWidget(fig)
 
 
+def use_compilation_cache(path: str | None, min_compile_seconds: float = 0.2) -> None:
+    """Turn on JAX's persistent compilation cache at ``path`` unless one is already set, so the
+    second session's first round skips most of the compile (None: leave JAX as it is)."""
+    import jax
+
+    if path and not jax.config.jax_compilation_cache_dir:
+        path = os.path.expanduser(path)
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
+
+
 class RunError(RuntimeError):
     """A run ended by an exception; the workbench shows the message and keeps it here."""
 
@@ -148,15 +170,18 @@ class Workbench:
 
     data: an optional FederatedDataset of your own (shown as the dataset '(given)');
     redraw_interval: minimum seconds between chart redraws while training (default 0.25);
+    compilation_cache: directory for JAX's persistent compilation cache (None: do not set one);
     settings: initial values by control name (as :meth:`run` takes them).
     """
 
     _running: "weakref.WeakSet[Workbench]" = weakref.WeakSet()    # at most one training thread
 
-    def __init__(self, data=None, *, redraw_interval: float = 0.25, **settings):
+    def __init__(self, data=None, *, redraw_interval: float = 0.25,
+                 compilation_cache: str | None = "~/.cache/fedlab/jax", **settings):
         if not (isinstance(redraw_interval, (int, float)) and redraw_interval >= 0):
             raise ValueError(f"redraw_interval must be a number of seconds >= 0, got {redraw_interval!r}")
         self.given_data = data
+        use_compilation_cache(compilation_cache)
         self.redraw_interval = float(redraw_interval)
         self.runs: "OrderedDict[str, fedlab.History]" = OrderedDict()
         self.last_error: BaseException | None = None
@@ -424,9 +449,9 @@ class Workbench:
             widget = widget or knobs.get(name)
             if widget is None:
                 raise ValueError(f"unknown setting {name!r}; settings are {sorted(set(c) | set(knobs))}")
-            if isinstance(widget, (W.BoundedIntText, W.BoundedFloatText, W.IntSlider, W.FloatSlider,
-                                   W.FloatLogSlider)) and not widget.min <= value <= widget.max:
-                raise ValueError(f"{name} must be in [{widget.min}, {widget.max}], got {value!r}")
+            low, high = _bounds(widget)
+            if not low <= value <= high:
+                raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
             widget.value = value
 
     # -- differential privacy -----------------------------------------------------------------
@@ -633,10 +658,10 @@ class Workbench:
                 self._set_busy(False)
 
     def _after_run(self):
-        names = list(self.runs)
-        self.overlay.options = names
+        names, shown = list(self.runs), self.overlay.value
+        self.overlay.options = names                  # (this clears the selection)
         if names:
-            self.overlay.value = tuple(dict.fromkeys([*self.overlay.value, names[-1]]))[-len(PALETTE):]
+            self.overlay.value = tuple(n for n in dict.fromkeys([*shown, names[-1]]) if n in names)[-len(PALETTE):]
         self._redraw_static(force=True)
         self._update_table()
 

@@ -1,0 +1,245 @@
+"""The workbench driven from Python, as a user drives it with clicks (no browser needed)."""
+from __future__ import annotations
+
+import html
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("ipywidgets")
+pytest.importorskip("anywidget")          # plotly >= 7 renders FigureWidget through anywidget
+
+import fedlab  # noqa: E402
+from fedlab.algorithms import common  # noqa: E402
+from fedlab.core.registry import ALGORITHMS  # noqa: E402
+from fedlab.ui import RunError, Workbench, dp_available  # noqa: E402
+from fedlab.ui.workbench import run_traces  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def data():
+    """6 clients of a 3-class, 5-feature linear problem, 40 train / 10 test rows each."""
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(5, 3))
+    parts = []
+    for k in range(6):
+        x = rng.normal(loc=0.3 * k, size=(50, 5))
+        parts.append((x, np.argmax(x @ w, 1)))
+    return fedlab.FederatedDataset.from_clients("toy", [(x[:40], y[:40]) for x, y in parts],
+                                                [(x[40:], y[40:]) for x, y in parts], 3)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("jaxcache"))
+
+
+def make(data, cache_dir, **settings):
+    base = dict(rounds=5, clients_per_round=3, local_steps=4, batch_size=8, num_clients=0, client_lr=0.1)
+    return Workbench(data, redraw_interval=0.0, compilation_cache=cache_dir, **{**base, **settings})
+
+
+def record_lengths(wb):
+    """Wrap the workbench's redraw to log the accuracy trace length after every redraw."""
+    lengths, redraw = [], wb._redraw
+
+    def logged():
+        redraw()
+        lengths.append(len(wb.figure.data[0].x))
+    wb._redraw = logged
+    return lengths
+
+
+def test_run_click_draws_every_round_and_matches_simulate(data, cache_dir):
+    wb = make(data, cache_dir)
+    lengths = record_lengths(wb)
+    wb.run_button.click()
+    assert wb.running and wb.stop_button.disabled is False and wb.run_button.disabled
+    assert all(w.disabled for w in wb.controls.values())
+    assert wb.wait(120)
+    assert wb.last_error is None, wb.last_traceback
+    assert not wb.run_button.disabled and wb.stop_button.disabled
+    assert lengths[:6] == [0, 1, 2, 3, 4, 5]          # one more point per round, live
+    (name, history), = wb.runs.items()
+    assert len(history) == 5 and not history.stopped
+    # the same run straight through the engine gives the same numbers (same seed, same settings)
+    direct = fedlab.simulate("fedavg", "logreg", data, rounds=5, clients_per_round=3, local_steps=4,
+                             batch_size=8, client_lr=0.1, progress=False)
+    np.testing.assert_allclose(history["test_accuracy"], direct["test_accuracy"], rtol=0, atol=1e-6)
+    acc = wb.figure.data[0]
+    np.testing.assert_allclose(acc.y, direct["test_accuracy"], atol=1e-6)
+    band = wb.figure.data[2]                           # panel 3: p90 forward, p10 backward
+    np.testing.assert_allclose(band.y, list(direct["client_acc_p90"]) + list(direct["client_acc_p10"])[::-1],
+                               atol=1e-6)
+    mb = wb.figure.data[4]
+    np.testing.assert_allclose(mb.y, np.cumsum(direct["bytes_up"] + direct["bytes_down"]) / 1e6, rtol=1e-9)
+    assert "done" in wb.progress.value and "round 5 of 5" in wb.progress.value
+
+
+def test_stop_ends_within_a_round_and_keeps_the_partial_history(data, cache_dir):
+    wb = make(data, cache_dir, rounds=100000)
+    wb.run_button.click()
+    deadline = time.time() + 120
+    while (wb._live is None or len(wb._live[1]) < 3) and time.time() < deadline:
+        time.sleep(0.01)
+    done_at_click = len(wb._live[1])
+    assert done_at_click >= 3
+    wb.stop_button.click()
+    assert wb.wait(30), "Stop did not end the run"
+    (name, history), = wb.runs.items()
+    assert history.stopped
+    assert done_at_click <= len(history) <= done_at_click + 1        # at most the round in flight
+    points = len(wb.figure.data[0].x)
+    assert points == len(history)
+    time.sleep(0.5)
+    assert len(wb.figure.data[0].x) == points                         # nothing arrives after Stop
+    assert "stopped" in wb.progress.value
+    assert not any(w.disabled for w in wb.controls.values() if w is not wb.controls["dp"])
+
+
+@pytest.mark.parametrize("setting, words", [
+    (dict(clients_per_round=50), "clients per round must be at most the number of clients (6)"),
+    (dict(client_lr=-1.0), "client_lr must be in [0.0001, 1], got -1.0"),
+    (dict(algorithm="fedprox", mu=-1.0), "mu must be >= 0, got -1.0"),          # raised by the engine
+    (dict(batch_size=0), "batch_size must be in [1, 100000]"),
+])
+def test_bad_values_show_a_readable_error(data, cache_dir, setting, words):
+    wb = make(data, cache_dir)
+    with pytest.raises((RunError, ValueError)):
+        wb.run(**setting)
+    assert words in html.unescape(wb.message.value)
+    assert "Traceback" not in wb.message.value
+    assert not wb.running and not wb.runs and not wb.run_button.disabled
+
+
+def test_error_inside_the_training_thread_is_shown_not_lost(data, cache_dir):
+    @fedlab.register_algorithm("ui_test_broken")
+    def broken(*, client_lr: float = 0.1):
+        """Fails on the host after the first round."""
+        avg = ALGORITHMS["fedavg"].factory(client_lr=client_lr)
+
+        def report(rounds_done):
+            raise ZeroDivisionError("broken on purpose")
+        return avg._replace(name="broken", report=report)
+    try:
+        wb = make(data, cache_dir)
+        wb.controls["algorithm"].value = "ui_test_broken"
+        wb.run_button.click()
+        assert wb.wait(120)
+        assert "ZeroDivisionError" in wb.message.value and "broken on purpose" in wb.message.value
+        assert "ZeroDivisionError" in wb.last_traceback
+        assert not wb.runs and not wb.run_button.disabled
+    finally:
+        ALGORITHMS._entries.pop("ui_test_broken")
+
+
+def test_a_strategy_registered_later_appears_with_its_knobs(data, cache_dir):
+    wb = make(data, cache_dir)
+    assert "ui_test_avgm" not in wb.algorithm_names
+
+    @fedlab.register_algorithm("ui_test_avgm")
+    def avg_server_lr(*, client_lr: float = 0.1, server_lr: float = 1.0):
+        """FedAvg with a server learning rate."""
+        avg = ALGORITHMS["fedavg"].factory(client_lr=client_lr)
+
+        def server_update(state, aggregate):
+            return common.add_aggregate(state, jax_scale(server_lr, aggregate))
+        return avg._replace(name="ui_test_avgm", server_update=server_update)
+    try:
+        wb.refresh()            # in a notebook this happens after the registering cell by itself
+        assert "ui_test_avgm" in wb.algorithm_names
+        wb.controls["algorithm"].value = "ui_test_avgm"
+        knobs = [w.description for w in wb.algorithm_knobs.children]
+        assert knobs == ["client lr", "server lr"]
+        wb.controls["algorithm"].value = "fedprox"
+        assert [w.description for w in wb.algorithm_knobs.children] == ["mu", "client lr"]
+        history = wb.run(algorithm="ui_test_avgm", server_lr=0.5, rounds=3)
+        assert history.settings["server_lr"] == 0.5
+        direct = fedlab.simulate("ui_test_avgm", "logreg", data, rounds=3, clients_per_round=3, local_steps=4,
+                                 batch_size=8, client_lr=0.1, server_lr=0.5, progress=False)
+        np.testing.assert_allclose(history["train_loss"], direct["train_loss"], rtol=1e-6)
+        plain = fedlab.simulate("fedavg", "logreg", data, rounds=3, clients_per_round=3, local_steps=4,
+                                batch_size=8, client_lr=0.1, progress=False)
+        assert not np.allclose(history["train_loss"], plain["train_loss"])   # server_lr reached the strategy
+    finally:
+        ALGORITHMS._entries.pop("ui_test_avgm")
+
+
+def jax_scale(s, tree):
+    import optax
+    return optax.tree_utils.tree_scale(s, tree)
+
+
+def test_dirichlet_alpha_is_a_log_slider_and_makes_the_spec(data, cache_dir):
+    wb = make(data, cache_dir)
+    wb.controls["dataset"].value = "synthetic"
+    wb.controls["partition"].value = "dirichlet"
+    alpha = wb.partition_knobs.children[0]
+    assert type(alpha).__name__ == "FloatLogSlider" and alpha.base == 10 and (alpha.min, alpha.max) == (-2, 2)
+    alpha.value = 0.1
+    assert wb.settings()["partition"] == "dirichlet:0.1"
+    wb._apply({"partition": "quantity:2.5", "dataset": "synthetic:0.5,0.25"})
+    assert wb.settings()["partition"] == "quantity:2.5"
+    assert wb.settings()["dataset"] == "synthetic:0.5,0.25"
+
+
+def test_table_overlay_exports_and_reset(data, cache_dir, tmp_path):
+    wb = make(data, cache_dir, rounds=3)
+    h1 = wb.run()
+    h2 = wb.run(algorithm="fedprox", mu=0.5)
+    table = wb.table()
+    assert list(table.index) == list(wb.runs) and len(table) == 2
+    assert table["algorithm"].tolist() == ["fedavg", "fedprox"]
+    np.testing.assert_allclose(table["test_accuracy"], [h1["test_accuracy"].iloc[-1], h2["test_accuracy"].iloc[-1]])
+    assert set(wb.overlay.value) == set(wb.runs)
+    names = {t.name for t in wb.figure.data}
+    assert names == set(wb.runs)
+    csv = pd.read_csv(wb.export_csv(str(tmp_path / "runs.csv")), index_col=0)
+    np.testing.assert_allclose(csv["test_accuracy"], table["test_accuracy"])
+    report = (tmp_path / "runs.html")
+    wb.export_html(str(report))
+    text = report.read_text()
+    assert "plotly" in text and "fedprox" in text and len(text) > 100_000      # plotly.js is embedded
+    wb.overlay.value = (list(wb.runs)[1],)
+    assert {t.name for t in wb.figure.data} == {list(wb.runs)[1]}
+    wb.reset_button.click()
+    assert not wb.runs and len(wb.figure.data) == 0 and wb.table().empty
+
+
+def test_run_traces_thin_long_histories():
+    rounds = np.arange(1, 2001)
+    h = pd.DataFrame({"round": rounds, "test_accuracy": rounds / 2000, "train_loss": 1 / rounds,
+                      "bytes_up": 10, "bytes_down": 5})
+    traces = run_traces(h, "r", "#000", [("test_accuracy", "a"), ("train_loss", "l"), ("bytes_up", "mb")])
+    acc, _, mb = traces
+    assert len(acc["x"]) <= 400 and acc["x"][0] == 1 and acc["x"][-1] == 2000
+    np.testing.assert_allclose(acc["y"], np.array(acc["x"]) / 2000)
+    assert mb["y"][-1] == pytest.approx(2000 * 15 / 1e6)
+
+
+@pytest.mark.skipif(not dp_available(), reason="fedlab.privacy is not in this installation")
+def test_dp_controls_show_the_epsilon_the_run_spends(data, cache_dir):
+    import dp_accounting
+    from dp_accounting import rdp
+
+    wb = make(data, cache_dir, rounds=4, sampling="poisson")
+    wb._apply({"dp": "noise multiplier", "noise_multiplier": 1.5, "clip": 0.5, "delta": 1e-3})
+    # independent epsilon: dp_accounting's RDP accountant on 4 Poisson-sampled Gaussian rounds, q = 3/6
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(1.5)), 4))
+    expected = acc.get_epsilon(1e-3)
+    shown = float(wb.dp_info.value.split("ε = ")[1].split("<")[0])
+    assert shown == pytest.approx(expected, rel=2e-3)           # shown with 3 significant digits
+    history = wb.run()
+    assert history["epsilon"].iloc[-1] == pytest.approx(expected, rel=1e-6)
+    assert [t for _, t in wb._panels][-1] == "privacy spent (epsilon)"
+    eps_trace = [t for t in wb.figure.data if t.xaxis == "x5"][0]
+    np.testing.assert_allclose(eps_trace.y, history["epsilon"])
+    wb._apply({"dp": "target epsilon", "target_epsilon": 2.0})
+    assert "ε = 2" in wb.dp_info.value
+    with pytest.raises(ValueError):
+        wb.run(clip=-1.0)
+    assert "clip norm must be > 0" in html.unescape(wb.message.value)
