@@ -1,0 +1,132 @@
+"""The workbench in a real browser: JupyterLab on 127.0.0.1 with a token, Debian's chromium driven
+by Playwright. Opens notebooks/00_workbench.ipynb, runs it, clicks Run, waits for 3 rounds of points
+in the chart's DOM, clicks Stop and checks that no more points arrive. Measures the time from the
+Run click to the first point and saves a screenshot (FEDLAB_ARTIFACTS=DIR keeps them)."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import NOTEBOOKS, ROOT
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+# the last round drawn in the live accuracy trace (long histories are thinned, so not the length)
+LAST_ROUND = "(() => { const p = document.querySelector('.js-plotly-plot'); " \
+             "const x = p && p.data && p.data.length ? p.data[0].x : []; return x.length ? x[x.length - 1] : 0; })()"
+
+
+def _requirements():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)")
+    for module, why in (("playwright.sync_api", "pip install playwright (never `playwright install`)"),
+                        ("jupyterlab", "pip install jupyterlab")):
+        try:
+            __import__(module)
+        except ImportError:
+            pytest.skip(f"{module} is not installed: {why}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on a copy of the notebook (the browser autosaves outputs)."""
+    _requirements()
+    work = tmp_path / "nb"
+    work.mkdir()
+    shutil.copy(NOTEBOOKS / "00_workbench.ipynb", work)
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port, token = _free_port(), "fedlab-browser-test"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"), "FEDLAB_SMOKE": "0"}
+    log = open(tmp_path / "jupyter.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+                             "--ip", "127.0.0.1", "--port", str(port), f"--ServerApp.token={token}",
+                             f"--ServerApp.root_dir={work}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"jupyter lab exited: {(tmp_path / 'jupyter.log').read_text()[-2000:]}")
+                time.sleep(0.3)
+        yield f"http://127.0.0.1:{port}/lab/tree/00_workbench.ipynb?token={token}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_workbench_runs_live_and_stops_in_chromium(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    artifacts = pathlib.Path(os.environ.get("FEDLAB_ARTIFACTS", tmp_path))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            page.goto(lab)
+            # Run All before the kernel is ready is silently dropped: wait for it to be idle
+            page.get_by_text("| Idle").first.wait_for(timeout=120_000)
+            page.get_by_role("menuitem", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
+            run_button = page.locator("button.jupyter-button", has_text="Run").filter(has_not_text="Reset").first
+            run_button.wait_for(timeout=120_000)
+            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+            page.get_by_text("| Idle").first.wait_for(timeout=120_000)    # every cell has run
+            page.locator(".lm-TabBar-tab", has_text="Training").first.click()
+            rounds = page.locator(".widget-inline-hbox", has=page.locator("label", has_text="rounds")).locator(
+                "input").first
+            rounds.fill("100000")
+            rounds.press("Enter")
+            page.wait_for_timeout(300)
+            assert page.evaluate(LAST_ROUND) == 0, "the chart should start empty"
+
+            clicked = time.perf_counter()
+            run_button.click()
+            page.wait_for_function(f"{LAST_ROUND} >= 1", timeout=120_000, polling=20)
+            first_point = time.perf_counter() - clicked
+            page.wait_for_function(f"{LAST_ROUND} >= 3", timeout=60_000, polling=20)
+            page.locator("button.jupyter-button", has_text="Stop").first.click()
+            stopped_at = time.perf_counter()
+            page.get_by_text("stopped").first.wait_for(timeout=30_000)
+            stop_seconds = time.perf_counter() - stopped_at
+            after_stop = page.evaluate(LAST_ROUND)
+            page.wait_for_timeout(2000)
+            later = page.evaluate(LAST_ROUND)
+            page.screenshot(path=str(artifacts / "workbench_chromium.png"), full_page=True)
+            (artifacts / "workbench_chromium.json").write_text(json.dumps(
+                {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),
+                 "rounds_when_stopped": after_stop}))
+            print(f"\nclick to first point: {first_point:.2f} s; Stop to 'stopped': {stop_seconds:.2f} s; "
+                  f"{after_stop} rounds when stopped; screenshot {artifacts / 'workbench_chromium.png'}")
+        finally:
+            browser.close()
+    assert 3 <= after_stop < 100000
+    assert later == after_stop, f"rounds kept arriving after Stop: {after_stop} -> {later}"
