@@ -103,9 +103,8 @@ def test_shards_give_at_most_per_client_labels(digits, per_client):
     part = make_partition(digits, f"shards:{per_client}", 50, jax.random.key(0))
     hist = label_hist(part, digits.y, 10)
     assert (hist > 0).sum(1).max() <= per_client
-    # equal shards: sizes stay within one shard-rounding of N / clients
-    sizes = hist.sum(1)
-    assert sizes.max() - sizes.min() <= per_client * (digits.num_examples // (50 * per_client) // 3 + 2)
+    sizes = hist.sum(1)                    # near-equal shards, as in FedAvg: within 10% of N / K
+    assert sizes.max() - sizes.min() <= 0.1 * sizes.mean()
 
 
 def test_quantity_sizes_follow_the_power_law(lending):
