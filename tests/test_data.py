@@ -301,11 +301,12 @@ def table_csv(tmp_path_factory):
 @pytest.mark.parametrize("kwargs, message", [
     (dict(dataset="digits", partition="dirichlet:-1"), "partition: dirichlet alpha must be > 0, got -1"),
     (dict(dataset="digits", partition="dirichlet:0"), "partition: dirichlet alpha must be > 0, got 0"),
-    (dict(dataset="digits", partition="dirichlet:abc"), "partition: dirichlet alpha must be a float"),
+    (dict(dataset="digits", partition="dirichlet:abc"), "partition: dirichlet alpha must be a number, got 'abc'"),
     (dict(dataset="digits", partition="dirichlet:1,2,3"), "partition: dirichlet takes at most 2"),
     (dict(dataset="digits", partition="iid", num_clients=0), "num_clients: must be between 1 and 1797, got 0"),
     (dict(dataset="digits", partition="iid", num_clients=5000), "num_clients: must be between 1 and 1797"),
     (dict(dataset="digits", partition="shards:0"), "partition: shards per client must be"),
+    (dict(dataset="digits", partition="shards:2.5"), "partition: shards shards_per_client must be an integer, got '2.5'"),
     (dict(dataset="digits", partition="shards:2", num_clients=2), "num_clients: shards needs"),
     (dict(dataset="digits", partition="quantity:-2"), "partition: quantity exponent must be >= 0"),
     (dict(dataset="digits", partition="feature_shift:-0.1"), "partition: feature_shift sigma"),

@@ -26,12 +26,15 @@ def subkey(key, stage: int) -> jax.Array:
     return jax.random.fold_in(as_key(key), stage)
 
 
-CHUNK = 1 << 16   # values per compiled draw; larger draws concatenate chunks
+CHUNK = 1 << 18   # values per compiled draw; larger draws concatenate chunks
 
 
-def _chunks(key, n: int, draw) -> np.ndarray:
-    """Concatenate ``draw(chunk_key)`` (each CHUNK values along the last axis) up to n values."""
-    parts = [np.asarray(draw(jax.random.fold_in(key, i))) for i in range(-(-n // CHUNK))]
+GAMMA_CHUNK = 1 << 12  # log-gamma draws are costlier and needed only per class x client
+
+
+def _chunks(key, n: int, draw, chunk: int = CHUNK) -> np.ndarray:
+    """Concatenate ``draw(chunk_key)`` (``chunk`` values each, last axis) up to n values."""
+    parts = [np.asarray(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
     return np.concatenate(parts, axis=-1)[..., :n]
 
 
@@ -51,18 +54,19 @@ def permutation(key, n: int) -> np.ndarray:
 
 
 def normal(key, shape) -> np.ndarray:
-    """float64 standard normals of the given shape (Box-Muller on two uniform draws)."""
+    """float64 standard normals of the given shape (Box-Muller, both outputs of each pair)."""
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     n = int(np.prod(shape))
-    u = uniform(subkey(key, 0), n)
-    v = uniform(subkey(key, 1), n)
-    return (np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * v)).reshape(shape)
+    half = (n + 1) // 2
+    radius = np.sqrt(-2.0 * np.log(uniform(subkey(key, 0), half)))
+    angle = 2.0 * np.pi * uniform(subkey(key, 1), half)
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n].reshape(shape)
 
 
 def dirichlet(key, alpha: float, rows: int, dim: int) -> np.ndarray:
     """[rows, dim] float64, each row ~ Dirichlet(alpha * ones(dim)); stable for tiny alpha."""
-    alphas = jnp.full((CHUNK,), alpha, jnp.float32)
-    logg = _chunks(as_key(key), rows * dim, lambda k: jax.random.loggamma(k, alphas))
+    alphas = jnp.full((GAMMA_CHUNK,), alpha, jnp.float32)
+    logg = _chunks(as_key(key), rows * dim, lambda k: jax.random.loggamma(k, alphas), GAMMA_CHUNK)
     logg = logg.astype(np.float64).reshape(rows, dim)
     logg -= logg.max(axis=1, keepdims=True)
     p = np.exp(logg)
