@@ -17,17 +17,17 @@ from fedlab.data.synthetic import feature_variances
 
 @pytest.fixture(scope="module")
 def digits():
-    return loaders.digits()
+    return loaders.digits(None, None)
 
 
 @pytest.fixture(scope="module")
 def lending():
-    return loaders.lending_club()
+    return loaders.lending_club(None, None)
 
 
 @pytest.fixture(scope="module")
 def caravan():
-    return loaders.caravan()
+    return loaders.caravan(None, None)
 
 
 def label_hist(part, y, num_classes):
@@ -344,6 +344,8 @@ def test_bad_table_input(table_csv):
         from_dataframe(df, "y", client_column="z")
     with pytest.raises(ValueError, match=r"^df: columns \['a'\] have missing values"):
         from_dataframe(df.assign(a=[1, None, 2, 3]), "y", impute=False)
+    with pytest.raises(ValueError, match=r"^features: categorical column 'b' has 2 distinct"):
+        from_dataframe(df, "y", max_levels=1)
 
 
 def test_nan_in_federated_data_is_rejected(tmp_path):

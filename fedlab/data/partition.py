@@ -253,8 +253,11 @@ def _sized_partition(central, num_clients, key, shares_fn, min_size, name) -> Pa
 @register_partition("quantity")
 def partition_quantity(central: CentralDataset, num_clients: int, key, *, exponent: float = 1.5,
                        min_size: int = 10) -> Partition:
-    """Quantity skew by a power law: the client of size rank r holds min_size + c * r**-exponent
-    rows (ranks assigned to clients at random); labels stay IID."""
+    """Quantity skew by a power law; labels stay IID.
+
+    The client of size rank r holds min_size + c * r**-exponent rows (ranks given to clients
+    at random, c so that the sizes add up to N).
+    """
     exponent = _check_number(exponent, "partition: quantity exponent", 0, strict=False)
 
     def shares(k, m):
@@ -266,8 +269,10 @@ def partition_quantity(central: CentralDataset, num_clients: int, key, *, expone
 @register_partition("quantity_dirichlet")
 def partition_quantity_dirichlet(central: CentralDataset, num_clients: int, key, *,
                                  beta: float = 0.5, min_size: int = 10) -> Partition:
-    """Quantity skew by Dirichlet shares (NIID-Bench): sizes min_size + (N - ...) * q,
-    q ~ Dirichlet(beta * 1); labels stay IID."""
+    """Quantity skew by Dirichlet shares (NIID-Bench); labels stay IID.
+
+    Client k holds min_size + q_k * (N - num_clients * min_size) rows, q ~ Dirichlet(beta * 1).
+    """
     beta = _check_number(beta, "partition: quantity_dirichlet beta", 0, strict=True)
 
     def shares(k, m):
@@ -279,8 +284,11 @@ def partition_quantity_dirichlet(central: CentralDataset, num_clients: int, key,
 @register_partition("feature_shift")
 def partition_feature_shift(central: CentralDataset, num_clients: int, key, *,
                             sigma: float = 0.1) -> Partition:
-    """Feature skew by noise (NIID-Bench): an IID split, then client k adds Gaussian noise of
-    std sigma * k / (num_clients - 1) to its features (client 0 clean, the last one sigma)."""
+    """Feature skew by noise (NIID-Bench): an IID split, then per-client Gaussian feature noise.
+
+    Client k adds noise of std sigma * k / (num_clients - 1) to its features (train and
+    test): client 0 is clean, the last one gets std sigma.
+    """
     sigma = _check_number(sigma, "partition: feature_shift sigma", 0, strict=False)
     part = partition_iid(central, num_clients, key)
     k = len(part.client_indices)
