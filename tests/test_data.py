@@ -265,6 +265,10 @@ def test_from_dataframe_imputes_and_encodes():
     assert c.num_classes == 2
     reg = from_dataframe(df.assign(y=[0.5, 1.5, 2.5, 3.5]), "y", ["a"])
     assert reg.num_classes == 0 and reg.y.dtype == np.float32
+    as_float = from_dataframe(df.assign(y=[0.0, 1.0, 1.0, 0.0]), "y", ["a"])   # 0/1 stored as float
+    assert as_float.num_classes == 2 and as_float.class_names == ("0.0", "1.0")
+    nullable = from_dataframe(df.assign(a=pd.array([1, None, 3, 10], dtype="Int64")), "y", ["a"])
+    np.testing.assert_allclose(nullable.x[:, 0], c.x[:, 0], rtol=1e-6)
 
 
 def test_csv_round_trip(tmp_path):

@@ -46,8 +46,8 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
     except ``client_column``); client_column: a column whose values are the natural clients;
     categorical: columns to one-hot even though numeric; log_columns: heavy-tailed columns
     passed through sign(v) * log1p(|v|) before standardising; task: 'classification',
-    'regression' or 'auto' (classification unless the target is float, or integer with more
-    than 50 values); impute: fill missing features (else they raise); balance: weigh each
+    'regression' or 'auto' (regression for a numeric target with fractional values or more
+    than 50 distinct values, else classification); impute: fill missing features (else they raise); balance: weigh each
     training example by N / (classes * count of its class); max_levels: most distinct
     values a categorical feature may have (an ID or free-text column would explode the
     one-hot encoding).
@@ -79,8 +79,8 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
                          "drop or fill those rows first")
     if task == "auto":
         numeric = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
-        task = ("regression" if numeric and (pd.api.types.is_float_dtype(y_raw)
-                                             or y_raw.nunique() > MAX_CLASSES_AUTO)
+        integral = numeric and bool(np.all(np.mod(y_raw.to_numpy(np.float64), 1) == 0))
+        task = ("regression" if numeric and (not integral or y_raw.nunique() > MAX_CLASSES_AUTO)
                 else "classification")
     if task == "classification":
         codes, classes = pd.factorize(y_raw, sort=True)
@@ -114,7 +114,7 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
                          "or fill them first")
     parts, names = [], []
     if num_cols:
-        num = x_df[num_cols].to_numpy(np.float64, copy=True)
+        num = x_df[num_cols].to_numpy(np.float64, copy=True, na_value=np.nan)
         if np.isinf(num).any():
             bad = [c for c, b in zip(num_cols, np.isinf(num).any(0)) if b]
             raise ValueError(f"df: columns {bad} have infinite values")
