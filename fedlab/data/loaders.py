@@ -13,6 +13,7 @@ nothing is downloaded. Data cards: ``datasets/*.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -229,13 +230,7 @@ def caravan(key, num_clients: int | None, *, balance: bool = True) -> CentralDat
     central = from_dataframe(df, "Purchase", client_column="MOSHOOFD", categorical=("MOSTYPE",),
                              balance=balance, name="caravan")
     names = tuple(f"{c} {CARAVAN_MAIN_TYPES[int(c) - 1]}" for c in central.client_names)
-    return _replace(central, client_names=names)
-
-
-def _replace(central: CentralDataset, **changes) -> CentralDataset:
-    import dataclasses
-
-    return dataclasses.replace(central, **changes)
+    return dataclasses.replace(central, client_names=names)
 
 
 @register_dataset("csv")
