@@ -106,6 +106,7 @@ def test_workbench_runs_live_and_stops_in_chromium(lab, tmp_path):
             rounds.fill("100000")
             rounds.press("Enter")
             page.wait_for_timeout(300)
+            page.get_by_text("ready", exact=True).first.wait_for(timeout=180_000)   # background warm-up done
             assert page.evaluate(LAST_ROUND) == 0, "the chart should start empty"
 
             clicked = time.perf_counter()

@@ -38,7 +38,7 @@ def cache_dir(tmp_path_factory):
 
 def make(data, cache_dir, **settings):
     base = dict(rounds=5, clients_per_round=3, local_steps=4, batch_size=8, num_clients=0, client_lr=0.1)
-    return Workbench(data, redraw_interval=0.0, compilation_cache=cache_dir, **{**base, **settings})
+    return Workbench(data, redraw_interval=0.0, compilation_cache=cache_dir, warm_up=False, **{**base, **settings})
 
 
 def record_lengths(wb):

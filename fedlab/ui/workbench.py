@@ -171,13 +171,15 @@ class Workbench:
     data: an optional FederatedDataset of your own (shown as the dataset '(given)');
     redraw_interval: minimum seconds between chart redraws while training (default 0.25);
     compilation_cache: directory for JAX's persistent compilation cache (None: do not set one);
+    warm_up: load the data and compile the initial settings' round in the background (needs the
+    compilation cache);
     settings: initial values by control name (as :meth:`run` takes them).
     """
 
     _running: "weakref.WeakSet[Workbench]" = weakref.WeakSet()    # at most one training thread
 
     def __init__(self, data=None, *, redraw_interval: float = 0.25,
-                 compilation_cache: str | None = "~/.cache/fedlab/jax", **settings):
+                 compilation_cache: str | None = "~/.cache/fedlab/jax", warm_up: bool = True, **settings):
         if not (isinstance(redraw_interval, (int, float)) and redraw_interval >= 0):
             raise ValueError(f"redraw_interval must be a number of seconds >= 0, got {redraw_interval!r}")
         self.given_data = data
@@ -199,6 +201,28 @@ class Workbench:
         if settings:
             self._apply(settings)
         self._hook_ipython()
+        self._warm: threading.Thread | None = None
+        if warm_up and compilation_cache:
+            self._warm = threading.Thread(target=self._warm_up, name="fedlab-warm-up", daemon=True)
+            self._warm.start()
+
+    def _warm_up(self):
+        """Load the data and compile one round of the current settings into the persistent cache
+        while the user reads the controls, so the first Run shows its first point sooner."""
+        self.progress.value = "<i>warming up (loading data, compiling)...</i>"
+        try:
+            s = self.settings()
+            data = self._load(s)
+            fedlab.simulate(self._strategy(s, data), s["model"], data, rounds=1,
+                            clients_per_round=min(s["clients_per_round"], data.num_clients),
+                            local_steps=s["local_steps"], local_epochs=s["local_epochs"],
+                            batch_size=s["batch_size"], sampling=s["sampling"], stragglers=s["stragglers"],
+                            seed=s["seed"], progress=False, model_options=s["model_options"] or None)
+        except Exception:               # noqa: BLE001 - a real run reports the same problem
+            pass
+        finally:
+            if not self.running:
+                self.progress.value = "<i>ready</i>"
 
     # -- layout ------------------------------------------------------------------------------
     def _build(self):
@@ -621,6 +645,8 @@ class Workbench:
 
     def _work(self, s: dict, name: str):
         try:
+            if self._warm is not None:
+                self._warm.join()
             data = self._load(s)
             if self._stop.is_set():
                 self.progress.value = "<i>stopped before the first round</i>"
