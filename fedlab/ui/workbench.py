@@ -13,8 +13,11 @@ the rounds it finished. Charts redraw at most once per ``redraw_interval`` secon
 """
 from __future__ import annotations
 
+import contextlib
 import html
+import importlib.util
 import inspect
+import logging
 import math
 import os
 import threading
@@ -34,11 +37,6 @@ import fedlab
 from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS
 from fedlab.report import final_metrics, write_report
 
-try:                                    # differential privacy lives in fedlab.privacy when installed
-    from fedlab.privacy import accounting as _accounting
-    from fedlab.privacy import dp as _dp
-except ImportError:                     # pragma: no cover - depends on the fedlab version
-    _accounting = _dp = None
 
 HIDDEN_DATASETS = ("csv", "npz")        # need a path: pass ``data=`` to the Workbench instead
 DEFAULT_PARTITION = "default"           # the dataset's natural clients if it has them, else IID
@@ -51,8 +49,30 @@ MAX_POINTS = 400                        # longer histories are thinned before th
 
 
 def dp_available() -> bool:
-    """Whether fedlab.privacy (the ``dp`` wrapper and its accountant) can be imported."""
-    return _dp is not None
+    """Whether fedlab.privacy (the ``dp`` wrapper and its accountant) is installed."""
+    try:
+        return importlib.util.find_spec("fedlab.privacy.accounting") is not None
+    except ImportError:                 # pragma: no cover
+        return False
+
+
+def _privacy():
+    """(the dp wrapper, the accounting module); imported on first use (dp_accounting is slow to load)."""
+    from fedlab.privacy import accounting, dp
+
+    return dp, accounting
+
+
+@contextlib.contextmanager
+def _quiet_accountant():
+    """dp_accounting logs a warning per skipped RDP order; keep them out of the notebook."""
+    log = logging.getLogger("absl")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # ---- registry -> widgets --------------------------------------------------------------------
@@ -474,20 +494,21 @@ class Workbench:
             if widget is None:
                 raise ValueError(f"unknown setting {name!r}; settings are {sorted(set(c) | set(knobs))}")
             low, high = _bounds(widget)
-            if not low <= value <= high:
+            if isinstance(value, (int, float)) and not low <= value <= high:
                 raise ValueError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
             widget.value = value
 
     # -- differential privacy -----------------------------------------------------------------
     def _dp_numbers(self, s: dict, num_clients: int) -> tuple[float, float]:
         """(noise multiplier, epsilon the whole run spends) for settings ``s``."""
+        _, accounting = _privacy()
         q = s["clients_per_round"] / num_clients
         kw = dict(sampling=s["sampling"], num_clients=num_clients)
         if s["dp"] == "target epsilon":
-            z = _accounting.calibrate(s["target_epsilon"], s["delta"], s["rounds"], q, **kw)
+            z = accounting.calibrate(s["target_epsilon"], s["delta"], s["rounds"], q, **kw)
         else:
             z = s["noise_multiplier"]
-        return z, _accounting.epsilon(z, q, s["rounds"], s["delta"], **kw)
+        return z, accounting.epsilon(z, q, s["rounds"], s["delta"], **kw)
 
     def _known_clients(self, s: dict) -> int | None:
         for key, data in self._data_cache.items():
@@ -511,7 +532,8 @@ class Workbench:
         try:
             if s["clients_per_round"] > k:
                 raise ValueError(f"clients per round must be <= clients ({k})")
-            z, eps = self._dp_numbers(s, k)
+            with _quiet_accountant():
+                z, eps = self._dp_numbers(s, k)
             self.dp_info.value = (f"This run will spend <b>ε = {eps:.3g}</b> at δ = {s['delta']:g} over "
                                   f"{s['rounds']} rounds (noise multiplier {z:.3g}, {s['clients_per_round']} "
                                   f"of {k} clients a round, {s['sampling']} sampling).")
@@ -581,7 +603,7 @@ class Workbench:
         Takes control names (rounds=20, clients_per_round=10, local_steps=20, seed=1, dp='noise
         multiplier', clip=1.0, ...), specs (dataset='synthetic:0.5,0.5', partition='dirichlet:0.3')
         and algorithm/model options by name (mu=1.0, client_lr=0.05). Raises RunError on failure
-        (the message is also shown in the widget).
+        (the message is also shown in the widget); bad settings raise their ValueError.
         """
         if self.running:
             raise RuntimeError("a run is in progress; stop it or wait() first")
@@ -590,9 +612,10 @@ class Workbench:
         except ValueError as err:
             self._show_error(err)
             raise
-        if not self.start():
-            raise RunError(str(self.last_error)) from self.last_error
-        self.wait()
+        if self.start():
+            self.wait()
+        if isinstance(self.last_error, ValueError):     # bad settings: the message names the setting
+            raise self.last_error
         if self.last_error is not None:
             raise RunError(f"{type(self.last_error).__name__}: {self.last_error}") from self.last_error
         return next(reversed(self.runs.values()))
@@ -641,7 +664,7 @@ class Workbench:
             dp_kw["target_epsilon"] = s["target_epsilon"]
         else:
             dp_kw["noise_multiplier"] = s["noise_multiplier"]
-        return _dp.dp(strategy, **dp_kw)
+        return _privacy()[0](strategy, **dp_kw)
 
     def _work(self, s: dict, name: str):
         try:
