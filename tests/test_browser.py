@@ -1,7 +1,8 @@
 """The workbench in a real browser: JupyterLab on 127.0.0.1 with a token, Debian's chromium driven
 by Playwright. Opens notebooks/00_workbench.ipynb, runs it, clicks Run, waits for 3 rounds of points
 in the chart's DOM, clicks Stop and checks that no more points arrive. Measures the time from the
-Run click to the first point and saves a screenshot (FEDLAB_ARTIFACTS=DIR keeps them)."""
+Run click to the first point and saves a screenshot (FEDLAB_ARTIFACTS=DIR keeps them). The same
+with Voila serving the notebook as an app, when voila is installed."""
 from __future__ import annotations
 
 import json
@@ -22,16 +23,17 @@ pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
+TOKEN = "fedlab-browser-test"
 # the last round drawn in the live accuracy trace (long histories are thinned, so not the length)
 LAST_ROUND = "(() => { const p = document.querySelector('.js-plotly-plot'); " \
              "const x = p && p.data && p.data.length ? p.data[0].x : []; return x.length ? x[x.length - 1] : 0; })()"
 
 
-def _requirements():
+def _requirements(server_module: str, install: str):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install -y chromium)")
     for module, why in (("playwright.sync_api", "pip install playwright (never `playwright install`)"),
-                        ("jupyterlab", "pip install jupyterlab")):
+                        (server_module, install)):
         try:
             __import__(module)
         except ImportError:
@@ -44,24 +46,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """A JupyterLab server on a copy of the notebook (the browser autosaves outputs)."""
-    _requirements()
-    work = tmp_path / "nb"
-    work.mkdir()
-    shutil.copy(NOTEBOOKS / "00_workbench.ipynb", work)
-    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    port, token = _free_port(), "fedlab-browser-test"
+def _serve(tmp_path, args: list[str], port: int, extra_env: dict):
+    """Start a server on a copy of the notebook (the browser autosaves outputs); yield; stop it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"), "FEDLAB_SMOKE": "0"}
-    log = open(tmp_path / "jupyter.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
-                             "--ip", "127.0.0.1", "--port", str(port), f"--ServerApp.token={token}",
-                             f"--ServerApp.root_dir={work}"], stdout=log, stderr=subprocess.STDOUT, env=env)
+           "FEDLAB_SMOKE": "0", **extra_env}
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            cwd=tmp_path / "nb")
     try:
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -70,9 +62,9 @@ def lab(tmp_path):
                 break
             except OSError:
                 if proc.poll() is not None:
-                    pytest.fail(f"jupyter lab exited: {(tmp_path / 'jupyter.log').read_text()[-2000:]}")
+                    pytest.fail(f"{args[0]} exited: {log_path.read_text()[-2000:]}")
                 time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/lab/tree/00_workbench.ipynb?token={token}"
+        yield
     finally:
         proc.terminate()
         try:
@@ -82,13 +74,80 @@ def lab(tmp_path):
         log.close()
 
 
-def test_workbench_runs_live_and_stops_in_chromium(lab, tmp_path):
-    from playwright.sync_api import sync_playwright
+def _copy_notebook(tmp_path):
+    work = tmp_path / "nb"
+    work.mkdir()
+    shutil.copy(NOTEBOOKS / "00_workbench.ipynb", work)
 
+
+@pytest.fixture
+def lab(tmp_path):
+    """JupyterLab with a token, news and update checks off."""
+    _requirements("jupyterlab", "pip install jupyterlab")
+    _copy_notebook(tmp_path)
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    port = _free_port()
+    for _ in _serve(tmp_path, ["jupyter", "lab", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
+                               "--port", str(port), f"--ServerApp.token={TOKEN}",
+                               f"--ServerApp.root_dir={tmp_path / 'nb'}"],
+                    port, {"JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")}):
+        yield f"http://127.0.0.1:{port}/lab/tree/00_workbench.ipynb?token={TOKEN}"
+
+
+def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
+    """On a page showing the workbench: set 100000 rounds, Run, wait for 3 rounds, Stop, check."""
+    run_button = page.locator("button.jupyter-button", has_text="Run").filter(has_not_text="Reset").first
+    run_button.wait_for(timeout=180_000)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    page.locator(".lm-TabBar-tab", has_text="Training").first.click()
+    rounds = page.locator(".widget-inline-hbox", has=page.locator("label", has_text="rounds")).locator("input").first
+    rounds.fill("100000")
+    rounds.press("Enter")
+    page.get_by_text("ready", exact=True).first.wait_for(timeout=180_000)   # background warm-up done
+    page.wait_for_timeout(300)
+    assert page.evaluate(LAST_ROUND) == 0, "the chart should start empty"
+
+    clicked = time.perf_counter()
+    run_button.click()
+    page.wait_for_function(f"{LAST_ROUND} >= 1", timeout=120_000, polling=20)
+    first_point = time.perf_counter() - clicked
+    page.wait_for_function(f"{LAST_ROUND} >= 3", timeout=60_000, polling=20)
+    page.locator("button.jupyter-button", has_text="Stop").first.click()
+    stopped_at = time.perf_counter()
+    page.get_by_text("stopped").first.wait_for(timeout=30_000)
+    stop_seconds = time.perf_counter() - stopped_at
+    after_stop = page.evaluate(LAST_ROUND)
+    page.wait_for_timeout(2000)
+    later = page.evaluate(LAST_ROUND)
+    page.screenshot(path=str(artifacts / f"workbench_{tag}.png"), full_page=True)
+    result = {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),
+              "rounds_when_stopped": after_stop, "rounds_2s_later": later}
+    (artifacts / f"workbench_{tag}.json").write_text(json.dumps(result))
+    print(f"\n{tag}: click to first point {first_point:.2f} s; Stop to 'stopped' {stop_seconds:.2f} s; "
+          f"{after_stop} rounds when stopped; screenshot {artifacts / f'workbench_{tag}.png'}")
+    assert 3 <= after_stop < 100000
+    assert later == after_stop, f"rounds kept arriving after Stop: {after_stop} -> {later}"
+    return result
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+
+
+def _artifacts(tmp_path) -> pathlib.Path:
     artifacts = pathlib.Path(os.environ.get("FEDLAB_ARTIFACTS", tmp_path))
     artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts
+
+
+def test_workbench_runs_live_and_stops_in_jupyterlab(lab, tmp_path):
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        browser = _browser(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1500})
         try:
             page.goto(lab)
@@ -96,38 +155,32 @@ def test_workbench_runs_live_and_stops_in_chromium(lab, tmp_path):
             page.get_by_text("| Idle").first.wait_for(timeout=120_000)
             page.get_by_role("menuitem", name="Run", exact=True).click()
             page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
-            run_button = page.locator("button.jupyter-button", has_text="Run").filter(has_not_text="Reset").first
-            run_button.wait_for(timeout=120_000)
-            page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+            page.locator("button.jupyter-button", has_text="Stop").first.wait_for(timeout=180_000)
             page.get_by_text("| Idle").first.wait_for(timeout=120_000)    # every cell has run
-            page.locator(".lm-TabBar-tab", has_text="Training").first.click()
-            rounds = page.locator(".widget-inline-hbox", has=page.locator("label", has_text="rounds")).locator(
-                "input").first
-            rounds.fill("100000")
-            rounds.press("Enter")
-            page.wait_for_timeout(300)
-            page.get_by_text("ready", exact=True).first.wait_for(timeout=180_000)   # background warm-up done
-            assert page.evaluate(LAST_ROUND) == 0, "the chart should start empty"
-
-            clicked = time.perf_counter()
-            run_button.click()
-            page.wait_for_function(f"{LAST_ROUND} >= 1", timeout=120_000, polling=20)
-            first_point = time.perf_counter() - clicked
-            page.wait_for_function(f"{LAST_ROUND} >= 3", timeout=60_000, polling=20)
-            page.locator("button.jupyter-button", has_text="Stop").first.click()
-            stopped_at = time.perf_counter()
-            page.get_by_text("stopped").first.wait_for(timeout=30_000)
-            stop_seconds = time.perf_counter() - stopped_at
-            after_stop = page.evaluate(LAST_ROUND)
-            page.wait_for_timeout(2000)
-            later = page.evaluate(LAST_ROUND)
-            page.screenshot(path=str(artifacts / "workbench_chromium.png"), full_page=True)
-            (artifacts / "workbench_chromium.json").write_text(json.dumps(
-                {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),
-                 "rounds_when_stopped": after_stop}))
-            print(f"\nclick to first point: {first_point:.2f} s; Stop to 'stopped': {stop_seconds:.2f} s; "
-                  f"{after_stop} rounds when stopped; screenshot {artifacts / 'workbench_chromium.png'}")
+            _drive(page, _artifacts(tmp_path), "jupyterlab")
         finally:
             browser.close()
-    assert 3 <= after_stop < 100000
-    assert later == after_stop, f"rounds kept arriving after Stop: {after_stop} -> {later}"
+
+
+@pytest.fixture
+def voila(tmp_path):
+    """Voila serving the notebook as an app (code hidden); training starts only from the button."""
+    _requirements("voila", "pip install voila")
+    _copy_notebook(tmp_path)
+    port = _free_port()
+    for _ in _serve(tmp_path, ["voila", "00_workbench.ipynb", "--no-browser", "--Voila.ip=127.0.0.1",
+                               f"--port={port}", f"--token={TOKEN}"], port, {}):
+        yield f"http://127.0.0.1:{port}/?token={TOKEN}"
+
+
+def test_workbench_runs_live_and_stops_in_voila(voila, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        try:
+            page.goto(voila, timeout=180_000)
+            _drive(page, _artifacts(tmp_path), "voila")
+        finally:
+            browser.close()
