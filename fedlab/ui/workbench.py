@@ -778,9 +778,11 @@ class Workbench:
             t.name == n["name"] and t.xaxis == n["xaxis"] and (t.fill or None) == n.get("fill")
             for t, n in zip(fig.data, traces))
         if same:
+            live = self._live[0] if self._live is not None else None
             with fig.batch_update():
                 for t, n in zip(fig.data, traces):
-                    t.x, t.y = n["x"], n["y"]
+                    if live is None or t.name == live:      # finished runs do not change: not resent
+                        t.x, t.y = n["x"], n["y"]
         else:
             with fig.batch_update():
                 fig.data = ()
