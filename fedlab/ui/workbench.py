@@ -220,6 +220,7 @@ class Workbench:
         self.refresh()
         if settings:
             self._apply(settings)
+        self._update_dp_info()
         self._hook_ipython()
         self._warm: threading.Thread | None = None
         if warm_up and compilation_cache:
@@ -247,7 +248,8 @@ class Workbench:
     # -- layout ------------------------------------------------------------------------------
     def _build(self):
         s = {"description_width": "initial"}
-        small = W.Layout(width="200px")
+        def small():                    # one Layout per widget: a shared one would hide them together
+            return W.Layout(width="200px")
         c = self.controls = {}
         c["dataset"] = W.Dropdown(description="dataset", style=s)
         c["partition"] = W.Dropdown(description="partition", style=s)
@@ -256,25 +258,25 @@ class Workbench:
         c["stragglers"] = W.FloatSlider(value=0.0, min=0.0, max=0.9, step=0.05, description="stragglers", style=s)
         c["algorithm"] = W.Dropdown(description="algorithm", style=s)
         c["model"] = W.Dropdown(description="model", style=s)
-        c["rounds"] = W.BoundedIntText(value=40, min=1, max=100000, description="rounds", style=s, layout=small)
+        c["rounds"] = W.BoundedIntText(value=40, min=1, max=100000, description="rounds", style=s, layout=small())
         c["clients_per_round"] = W.BoundedIntText(value=10, min=1, max=100000, description="clients per round",
-                                                  style=s, layout=small)
+                                                  style=s, layout=small())
         c["work"] = W.Dropdown(options=["local steps", "local epochs"], value="local steps",
                                description="local work", style=s, layout=W.Layout(width="220px"))
         c["work_amount"] = W.BoundedIntText(value=20, min=1, max=100000, description="", layout=W.Layout(width="80px"))
         c["batch_size"] = W.BoundedIntText(value=10, min=1, max=100000, description="batch size", style=s,
-                                           layout=small)
+                                           layout=small())
         c["sampling"] = W.Dropdown(options=["fixed", "poisson"], value="fixed", description="sampling", style=s,
-                                   layout=small)
-        c["seed"] = W.BoundedIntText(value=0, min=0, max=2**31 - 1, description="seed", style=s, layout=small)
+                                   layout=small())
+        c["seed"] = W.BoundedIntText(value=0, min=0, max=2**31 - 1, description="seed", style=s, layout=small())
         c["eval_every"] = W.BoundedIntText(value=1, min=1, max=100000, description="eval every", style=s,
-                                           layout=small)
+                                           layout=small())
         c["dp"] = W.ToggleButtons(options=["off", "target epsilon", "noise multiplier"], value="off",
                                   description="DP", style={"button_width": "120px"})
-        c["target_epsilon"] = W.FloatText(value=4.0, description="target ε", style=s, layout=small)
-        c["delta"] = W.FloatText(value=1e-5, description="δ", style=s, layout=small)
-        c["noise_multiplier"] = W.FloatText(value=1.0, description="noise multiplier", style=s, layout=small)
-        c["clip"] = W.FloatText(value=1.0, description="clip norm", style=s, layout=small)
+        c["target_epsilon"] = W.FloatText(value=4.0, description="target ε", style=s, layout=small())
+        c["delta"] = W.FloatText(value=1e-5, description="δ", style=s, layout=small())
+        c["noise_multiplier"] = W.FloatText(value=1.0, description="noise multiplier", style=s, layout=small())
+        c["clip"] = W.FloatText(value=1.0, description="clip norm", style=s, layout=small())
 
         self.dataset_knobs, self.partition_knobs, self.algorithm_knobs, self.model_knobs = (
             W.HBox(), W.HBox(layout=W.Layout(flex_flow="row wrap")), W.HBox(layout=W.Layout(flex_flow="row wrap")),
@@ -521,6 +523,10 @@ class Workbench:
     def _update_dp_info(self):
         if not dp_available():
             return
+        mode, c = self.controls["dp"].value, self.controls
+        for name, shown in (("target_epsilon", mode == "target epsilon"), ("noise_multiplier", mode == "noise multiplier"),
+                            ("delta", mode != "off"), ("clip", mode != "off")):
+            c[name].layout.display = None if shown else "none"
         s = self.settings()
         if s["dp"] == "off":
             self.dp_info.value = "<i>no privacy guarantee</i>"
