@@ -236,6 +236,8 @@ def test_dp_controls_show_the_epsilon_the_run_spends(data, cache_dir):
     np.testing.assert_allclose(eps_trace.y, history["epsilon"])
     wb._apply({"dp": "target epsilon", "target_epsilon": 2.0})
     assert "ε = 2" in wb.dp_info.value
+    shown = {n: wb.controls[n].layout.display != "none" for n in ("target_epsilon", "noise_multiplier", "clip")}
+    assert shown == {"target_epsilon": True, "noise_multiplier": False, "clip": True}
     with pytest.raises(ValueError):
         wb.run(clip=-1.0)
     assert "clip norm must be > 0" in html.unescape(wb.message.value)
