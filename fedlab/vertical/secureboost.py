@@ -48,6 +48,9 @@ class SecureBoostConfig:
     encrypt: Paillier-encrypt gradients (False: same protocol in plaintext, for speed and
     for checking that encryption is lossless). packing: one ciphertext per row for (g, h).
     key_size: Paillier modulus bits, >= 2048; smaller keys need ``insecure_test_key=True``.
+    shuffle_candidates: hosts send split candidates in a random order (default). False sends
+    them in (feature, bin) order, so ties between equally good splits break as in XGBoost;
+    this tells the guest the order of a host's candidates (use it for testing).
     """
 
     objective: str = "binary"
@@ -62,6 +65,7 @@ class SecureBoostConfig:
     packing: bool = True
     key_size: int = 2048
     insecure_test_key: bool = False
+    shuffle_candidates: bool = True
 
     def __post_init__(self):
         if self.objective not in ("binary", "regression"):
@@ -366,7 +370,7 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
                 send("guest", name, f"tree{t}/depth{depth}/instance_space", slot_rows.copy())
                 hs, hf, hb, sums = _candidate_sums(cipher, encrypted, host_bins[k], slot_rows,
                                                    len(open_nodes), host_num_cuts[k])
-                perm = host_rngs[k].permutation(len(hs))
+                perm = host_rngs[k].permutation(len(hs)) if config.shuffle_candidates else np.arange(len(hs))
                 private.append(np.stack([hf[perm], hb[perm]], 1))     # opaque id j -> (feature, bin)
                 offer = {"slot": hs[perm], "opaque_id": np.arange(len(hs)), "sums": [c[perm] for c in sums]}
                 send(name, "guest", f"tree{t}/depth{depth}/split_candidates", offer)
