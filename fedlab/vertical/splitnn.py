@@ -46,10 +46,13 @@ class SplitNN(NamedTuple):
     """A split network as per-party functions (build with ``splitnn``).
 
     init(key) -> SplitState
-    forward[k](params_k, x_k, key) -> h_k                    (feature party k, jitted)
+    forward[k](params_k, x_k, key, noise_std) -> h_k         (feature party k, jitted)
     label_update(top_params, top_opt, hs, y) -> (top_params, top_opt, loss, grads_h)   (jitted)
     backward[k](params_k, opt_k, x_k, grad_h_k) -> (params_k, opt_k)   (feature party k, jitted)
     predict(state, xs) -> outputs [batch, ...] (no noise)
+
+    noise_std is an argument of the compiled forward functions, so ``model._replace(noise_std=s)``
+    trains with another noise level without recompiling.
     """
 
     init: Callable
@@ -90,11 +93,9 @@ def splitnn(bottoms: Sequence, top, loss: Callable, optimizer: optax.GradientTra
     def make_forward(k):
         out = bottom_out(k)
 
-        def forward(params, x, key):
+        def forward(params, x, key, noise_std):
             h = out(params, x)
-            if noise_std > 0:
-                h = h + noise_std * jax.random.normal(key, h.shape, h.dtype)
-            return h
+            return h + noise_std * jax.random.normal(key, h.shape, h.dtype)
         return jax.jit(forward)
 
     def label_update(top_params, top_opt, hs, y):
@@ -119,7 +120,7 @@ def splitnn(bottoms: Sequence, top, loss: Callable, optimizer: optax.GradientTra
         hs = [bottom_out(k)(state.bottom_params[k], x) for k, x in enumerate(xs)]
         return top.apply(state.top_params, jnp.concatenate(hs, axis=-1))
 
-    return SplitNN(init, tuple(make_forward(k) for k in range(len(bottoms))), jax.jit(label_update),
+    return SplitNN(jax.jit(init), tuple(make_forward(k) for k in range(len(bottoms))), jax.jit(label_update),
                    tuple(make_backward(k) for k in range(len(bottoms))), predict, float(noise_std))
 
 
@@ -130,22 +131,26 @@ def splitnn_step(model: SplitNN, state: SplitState, xs: Sequence, y, key):
     [dL/dh_k]}: exactly what crossed the party boundary.
     """
     keys = jax.random.split(key, len(xs))
-    hs = tuple(f(p, x, k) for f, p, x, k in zip(model.forward, state.bottom_params, xs, keys))
+    hs = tuple(f(p, x, k, model.noise_std) for f, p, x, k in zip(model.forward, state.bottom_params, xs, keys))
     top_params, top_opt, loss, grads = model.label_update(state.top_params, state.top_opt, hs, y)
     new = [b(p, o, x, g) for b, p, o, x, g in zip(model.backward, state.bottom_params, state.bottom_opt, xs, grads)]
     state = SplitState(tuple(p for p, _ in new), tuple(o for _, o in new), top_params, top_opt)
     return state, loss, {"activations": list(hs), "gradients": list(grads)}
 
 
-def batch_indices(key, num_examples: int, batch_size: int, epochs: int) -> list:
-    """Shuffled mini-batch row indices, epoch after epoch (the last batch of an epoch may be
-    smaller). Every party uses the same indices, since the rows are aligned."""
+def batch_indices(key, num_examples: int, batch_size: int, epochs: int, *, drop_remainder: bool = False) -> list:
+    """Shuffled mini-batch row indices, epoch after epoch. The last batch of an epoch is
+    smaller, or dropped with ``drop_remainder`` (one batch shape = one compilation). Every party
+    uses the same indices, since the rows are aligned."""
     if batch_size < 1 or epochs < 1:
         raise ValueError(f"batch_size and epochs must be >= 1, got {batch_size}, {epochs}")
+    if drop_remainder and batch_size > num_examples:
+        raise ValueError(f"batch_size must be <= the number of rows ({num_examples}) with drop_remainder")
     out = []
+    stop = num_examples - (num_examples % batch_size if drop_remainder else 0)
     for e in range(epochs):
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, e), num_examples))
-        out += [perm[i:i + batch_size] for i in range(0, num_examples, batch_size)]
+        out += [perm[i:i + batch_size] for i in range(0, stop, batch_size)]
     return out
 
 
@@ -153,7 +158,8 @@ def train_splitnn(model: SplitNN, xs: Sequence, y, *, epochs: int, batch_size: i
                   eval_data: tuple | None = None, metric: Callable | None = None):
     """Train on aligned party features. xs: per feature party [N, d_k]; y: [N] (label party).
 
-    key: ``jax.random`` key for init, batches and noise. eval_data: optional (xs_test, y_test)
+    key: ``jax.random`` key for init, batches and noise; batches have one size (an epoch's
+    remainder rows are dropped; the shuffle changes every epoch). eval_data: optional (xs_test, y_test)
     scored after each epoch with ``metric(outputs, y) -> float``. Returns (state, history) with
     history a DataFrame: epoch, train_loss[, metric].
     """
@@ -169,9 +175,10 @@ def train_splitnn(model: SplitNN, xs: Sequence, y, *, epochs: int, batch_size: i
     key_init, key_batch, key_noise = jax.random.split(key, 3)
     state = model.init(key_init)
     y = np.asarray(y)
-    rows, steps_per_epoch = [], -(-n // batch_size)
+    batch_size = min(batch_size, n)
+    rows, steps_per_epoch = [], n // batch_size
     losses = []
-    for step, idx in enumerate(batch_indices(key_batch, n, batch_size, epochs)):
+    for step, idx in enumerate(batch_indices(key_batch, n, batch_size, epochs, drop_remainder=True)):
         state, loss, _ = splitnn_step(model, state, [x[idx] for x in xs], y[idx], jax.random.fold_in(key_noise, step))
         losses.append(float(loss))
         if (step + 1) % steps_per_epoch == 0:
