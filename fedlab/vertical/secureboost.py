@@ -216,6 +216,28 @@ def _candidate_sums(cipher, channels, bins, node_of, num_nodes, num_cuts):
     return slot, feature, b, sums
 
 
+def _host_offer(cipher, encrypted, bins, slot_rows, num_slots, num_cuts, rng):
+    """A host's answer for one level: its split candidates' encrypted left sums, in a random
+    order (``rng``; None keeps (feature, bin) order) under opaque ids 0, 1, ...
+
+    Returns (offer sent to the guest, private table [candidates, 2]: opaque id -> (feature, bin)).
+    """
+    slot, feature, b, sums = _candidate_sums(cipher, encrypted, bins, slot_rows, num_slots, num_cuts)
+    perm = rng.permutation(len(slot)) if rng is not None else np.arange(len(slot))
+    offer = {"slot": slot[perm], "opaque_id": np.arange(len(slot)), "sums": [c[perm] for c in sums]}
+    return offer, np.stack([feature[perm], b[perm]], 1)
+
+
+def _split_gains(GL_q, HL_q, G_q, H_q, scale, lam, min_child_weight):
+    """XGBoost's split gain from fixed-point sums (left side and node totals, per candidate);
+    -inf where a child's hessian sum is below ``min_child_weight``."""
+    GL, HL = GL_q.astype(np.float64) / scale, HL_q.astype(np.float64) / scale
+    G, H = G_q.astype(np.float64) / scale, H_q.astype(np.float64) / scale
+    GR, HR = G - GL, H - HL
+    gain = GL ** 2 / (HL + lam) + GR ** 2 / (HR + lam) - G ** 2 / (H + lam)
+    return np.where((HL >= min_child_weight) & (HR >= min_child_weight), gain, -np.inf)
+
+
 # ---------------------------------------------------------------- the parties' models
 
 class Tree(NamedTuple):
@@ -368,23 +390,17 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
             private = []
             for k, name in enumerate(host_names):
                 send("guest", name, f"tree{t}/depth{depth}/instance_space", slot_rows.copy())
-                hs, hf, hb, sums = _candidate_sums(cipher, encrypted, host_bins[k], slot_rows,
-                                                   len(open_nodes), host_num_cuts[k])
-                perm = host_rngs[k].permutation(len(hs)) if config.shuffle_candidates else np.arange(len(hs))
-                private.append(np.stack([hf[perm], hb[perm]], 1))     # opaque id j -> (feature, bin)
-                offer = {"slot": hs[perm], "opaque_id": np.arange(len(hs)), "sums": [c[perm] for c in sums]}
+                offer, table = _host_offer(cipher, encrypted, host_bins[k], slot_rows, len(open_nodes),
+                                           host_num_cuts[k], host_rngs[k] if config.shuffle_candidates else None)
+                private.append(table)
                 send(name, "guest", f"tree{t}/depth{depth}/split_candidates", offer)
                 gl_k, hl_k = cipher.decrypt(offer["sums"])
-                cand.append((np.full(len(hs), k + 1, np.int64), offer["slot"], gl_k, hl_k, offer["opaque_id"]))
+                cand.append((np.full(len(table), k + 1, np.int64), offer["slot"], gl_k, hl_k, offer["opaque_id"]))
             c_party = np.concatenate([c[0] for c in cand])
             c_slot = np.concatenate([c[1] for c in cand]).astype(np.int64)
             c_index = np.concatenate([np.arange(len(c[0])) for c in cand])
-            GL = np.concatenate([c[2] for c in cand]).astype(np.float64) / scale
-            HL = np.concatenate([c[3] for c in cand]).astype(np.float64) / scale
-            Gn, Hn = G_q.astype(np.float64) / scale, H_q.astype(np.float64) / scale
-            GR, HR = Gn[c_slot] - GL, Hn[c_slot] - HL
-            gain = GL ** 2 / (HL + lam) + GR ** 2 / (HR + lam) - (Gn ** 2 / (Hn + lam))[c_slot]
-            gain = np.where((HL >= mcw) & (HR >= mcw), gain, -np.inf)
+            gain = _split_gains(np.concatenate([c[2] for c in cand]), np.concatenate([c[3] for c in cand]),
+                                G_q[c_slot], H_q[c_slot], scale, lam, mcw)
             next_open = []
             for slot, node in enumerate(open_nodes):
                 mine = np.flatnonzero(c_slot == slot)
