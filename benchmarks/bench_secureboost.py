@@ -1,6 +1,6 @@
 """SecureBoost speed: seconds per tree with and without Paillier encryption and packing.
 
-    python benchmarks/bench_secureboost.py [--rows 500 2000] [--trees 2] [--key-size 2048]
+    python benchmarks/bench_secureboost.py [--rows 300 1000] [--trees 1] [--key-size 2048]
 
 Data: a synthetic binary task (sklearn ``make_classification``, 24 features split 8 / 8 / 8
 between the guest and two hosts), depth 3, 32 bins. Prints one row per (rows, mode).
@@ -42,13 +42,14 @@ def run(rows: int, trees: int, key_size: int) -> list[dict]:
         out.append({"rows": rows, "mode": mode, "s_per_tree": seconds / trees,
                     "ciphertexts_per_tree": rows * (0 if not encrypt else 1 if packing else 2),
                     "decryptions_per_tree": candidates / trees if encrypt else 0})
+        print(f"  done: {out[-1]}", flush=True)
     return out
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[500, 2000])
-    parser.add_argument("--trees", type=int, default=2)
+    parser.add_argument("--rows", type=int, nargs="+", default=[300, 1000])
+    parser.add_argument("--trees", type=int, default=1)
     parser.add_argument("--key-size", type=int, default=2048)
     args = parser.parse_args()
     table = pd.DataFrame([r for rows in args.rows for r in run(rows, args.trees, args.key_size)])
