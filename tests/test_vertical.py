@@ -181,31 +181,37 @@ def encrypted_runs():
     guest, hosts = _vertical(x)
     guest, hosts = guest[:, :4], [hosts[0][:, :3], hosts[1][:, :3]]
     runs = {}
-    for encrypt, packing in [(False, True), (True, True), (True, False)]:
+    for encrypt, packing, compress in [(False, True, True), (True, True, True), (True, False, True), (True, True, False)]:
         cfg = SecureBoostConfig(num_trees=2, max_depth=3, max_bin=8, learning_rate=0.3, encrypt=encrypt,
-                                packing=packing, key_size=1024, insecure_test_key=True)
+                                packing=packing, compress=compress, key_size=1024, insecure_test_key=True)
         model = fit_secureboost(guest, y, hosts, cfg, key=jax.random.key(0))
-        runs[(encrypt, packing)] = model, predict_secureboost(model, guest, hosts)
+        runs[(encrypt, packing, compress)] = model, predict_secureboost(model, guest, hosts)
     return runs, (guest, y, hosts)
 
 
 def test_secureboost_encryption_is_lossless(encrypted_runs):
     runs, _ = encrypted_runs
-    plain_model, plain_pred = runs[(False, True)]
+    plain_model, plain_pred = runs[(False, True, True)]
     assert any((t.party >= 1).any() for t in plain_model.trees)   # hosts do win splits
-    for (encrypt, packing), (model, pred) in runs.items():
+    for (encrypt, packing, compress), (model, pred) in runs.items():
         for t1, t2 in zip(plain_model.trees, model.trees):
             for a, b in zip(t1, t2):
                 np.testing.assert_array_equal(a, b)
         assert [h.records for h in model.hosts] == [h.records for h in plain_model.hosts]
         np.testing.assert_array_equal(pred, plain_pred)
+        if encrypt:   # ciphertexts per candidate message: one per candidate, or one per
+            slots = (1022 // 128 if packing else 1022 // 64) if compress else 1   # `slots` (1024-bit n)
+            for msg in model.transcript:
+                if msg.name.endswith("split_candidates"):
+                    assert len(msg.payload["sums"]) == (1 if packing else 2)
+                    assert len(msg.payload["sums"][0]) == -(-len(msg.payload["opaque_id"]) // slots)
 
 
 def test_secureboost_guest_never_receives_host_features(encrypted_runs):
     import phe
 
     runs, (guest, y, hosts) = encrypted_runs
-    model, _ = runs[(True, True)]
+    model, _ = runs[(True, True, True)]
     host_values = set(np.concatenate([h.ravel() for h in hosts]).tolist())
     host_values |= {t for h in model.hosts for _, t in h.records}
     received = [m for m in model.transcript if m.receiver == "guest"]

@@ -47,6 +47,7 @@ class SecureBoostConfig:
     base_score: initial prediction (probability for "binary"); None = mean label.
     encrypt: Paillier-encrypt gradients (False: same protocol in plaintext, for speed and
     for checking that encryption is lossless). packing: one ciphertext per row for (g, h).
+    compress: hosts pack ~key_size / 128 candidate sums into one ciphertext before sending.
     key_size: Paillier modulus bits, >= 2048; smaller keys need ``insecure_test_key=True``.
     shuffle_candidates: hosts send split candidates in a random order (default). False sends
     them in (feature, bin) order, so ties between equally good splits break as in XGBoost;
@@ -63,6 +64,7 @@ class SecureBoostConfig:
     base_score: float | None = None
     encrypt: bool = True
     packing: bool = True
+    compress: bool = True
     key_size: int = 2048
     insecure_test_key: bool = False
     shuffle_candidates: bool = True
@@ -133,19 +135,27 @@ class _Plain:
     def zeros(self, shape, channels):
         return [np.zeros(shape, np.int64) for _ in range(channels)]
 
-    def decrypt(self, channels):
+    def compress(self, channels):
+        return channels
+
+    def decrypt(self, channels, count):
         return [np.asarray(c, np.int64) for c in channels]
 
 
 class _Paillier:
-    """Paillier via ``phe``; ``packing`` puts g and h into one plaintext g * 2^64 + h."""
+    """Paillier via ``phe``. ``packing`` puts g and h into one plaintext g * 2^64 + h;
+    ``compress`` lets a host put many candidate sums into one ciphertext (as FATE's cipher
+    compression), so the guest decrypts ~key_size / 128 times less often."""
 
-    def __init__(self, key_size, packing):
+    def __init__(self, key_size, packing, compress):
         import phe
 
         self.phe = phe
         self.public_key, self.private_key = phe.generate_paillier_keypair(n_length=key_size)
-        self.packing = packing
+        self.packing, self.compressing = packing, compress
+        # a compressed field holds one signed sum plus an offset making it non-negative
+        self.field = 2 * _PACK_BITS if packing else _PACK_BITS
+        self.slots = max((self.public_key.n.bit_length() - 2) // self.field, 1)
         self.zero = phe.EncryptedNumber(self.public_key, 1, 0)   # Enc(0) with r = 1
 
     def _enc(self, values):
@@ -176,12 +186,42 @@ class _Paillier:
         raw = [self.private_key.raw_decrypt(c.ciphertext(be_secure=False)) for c in channel]
         return [r - n if r > half else r for r in raw]
 
-    def decrypt(self, channels):
+    def compress(self, channels):
+        """Host side: Enc(s_1), ..., Enc(s_k) -> Enc(sum_i (s_i + offset) * 2^(field * (k - i)))
+        for each group of ``slots`` sums (Horner's rule: scalar multiplication by 2^field and
+        homomorphic addition; no decryption key needed)."""
+        if not self.compressing:
+            return channels
+        offset, shift = 1 << (self.field - 1), 1 << self.field
+        out = []
+        for channel in channels:
+            groups = []
+            for start in range(0, len(channel), self.slots):
+                acc = None
+                for c in channel[start:start + self.slots]:
+                    acc = c + offset if acc is None else acc * shift + (c + offset)
+                groups.append(acc)
+            arr = np.empty(len(groups), object)
+            arr[:] = groups
+            out.append(arr)
+        return out
+
+    def _uncompress(self, channel, count):
+        offset, mask = 1 << (self.field - 1), (1 << self.field) - 1
+        values = []
+        for start, c in zip(range(0, count, self.slots), channel):
+            k = min(self.slots, count - start)
+            raw = self.private_key.raw_decrypt(c.ciphertext(be_secure=False))
+            values += [((raw >> (self.field * (k - 1 - i))) & mask) - offset for i in range(k)]
+        return values
+
+    def decrypt(self, channels, count):
+        decode = (lambda c: self._uncompress(c, count)) if self.compressing else self._dec
         if self.packing:
             mask = (1 << _PACK_BITS) - 1
-            values = self._dec(channels[0])
+            values = decode(channels[0])
             return [np.array([v >> _PACK_BITS for v in values], np.int64), np.array([v & mask for v in values], np.int64)]
-        return [np.array(self._dec(c), np.int64) for c in channels]
+        return [np.array(decode(c), np.int64) for c in channels]
 
 
 # ---------------------------------------------------------------- histograms
@@ -224,7 +264,7 @@ def _host_offer(cipher, encrypted, bins, slot_rows, num_slots, num_cuts, rng):
     """
     slot, feature, b, sums = _candidate_sums(cipher, encrypted, bins, slot_rows, num_slots, num_cuts)
     perm = rng.permutation(len(slot)) if rng is not None else np.arange(len(slot))
-    offer = {"slot": slot[perm], "opaque_id": np.arange(len(slot)), "sums": [c[perm] for c in sums]}
+    offer = {"slot": slot[perm], "opaque_id": np.arange(len(slot)), "sums": cipher.compress([c[perm] for c in sums])}
     return offer, np.stack([feature[perm], b[perm]], 1)
 
 
@@ -342,7 +382,7 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
     guest_x, y, host_data = _check_inputs(guest_x, y, host_xs, config.objective)
     n = len(y)
     lam, mcw = config.reg_lambda, config.min_child_weight
-    cipher = _Paillier(config.key_size, config.packing) if config.encrypt else _Plain()
+    cipher = _Paillier(config.key_size, config.packing, config.compress) if config.encrypt else _Plain()
     transcript = []
     send = lambda s, r, name, payload: transcript.append(Message(s, r, name, payload))
     host_names = [f"host{k}" for k in range(len(host_data))]
@@ -394,7 +434,7 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
                                            host_num_cuts[k], host_rngs[k] if config.shuffle_candidates else None)
                 private.append(table)
                 send(name, "guest", f"tree{t}/depth{depth}/split_candidates", offer)
-                gl_k, hl_k = cipher.decrypt(offer["sums"])
+                gl_k, hl_k = cipher.decrypt(offer["sums"], len(table))
                 cand.append((np.full(len(table), k + 1, np.int64), offer["slot"], gl_k, hl_k, offer["opaque_id"]))
             c_party = np.concatenate([c[0] for c in cand])
             c_slot = np.concatenate([c[1] for c in cand]).astype(np.int64)
