@@ -14,7 +14,10 @@ With a leader L and each other party P:
    holds and sends each P the positions (in P's shuffled list) of the shared rows, in one
    agreed order. P learns which of its rows are shared, nothing about the others.
 
-All scalar multiplications are X25519 from ``cryptography``. Every message is recorded in
+Security model: honest-but-curious parties. Each party learns the leader's set size; the
+leader learns, for each other party, which of its own IDs that party holds; the others learn
+only which of their rows are shared by everyone. All scalar multiplications are X25519 from
+``cryptography``. Every message is recorded in
 the returned transcript, so a test or a reader can inspect exactly what each party sent.
 """
 from __future__ import annotations
