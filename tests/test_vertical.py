@@ -177,7 +177,7 @@ def _vertical(x):
 
 @pytest.fixture(scope="module")
 def encrypted_runs():
-    x, y = _cancer(160)
+    x, y = _cancer(120)
     guest, hosts = _vertical(x)
     guest, hosts = guest[:, :4], [hosts[0][:, :3], hosts[1][:, :3]]
     runs = {}
