@@ -9,8 +9,8 @@ The guest holds the labels and some features; each host holds other features of 
 2. Per tree level the guest tells the hosts which rows sit in which open node (the instance
    space, public in SecureBoost). Each host sums the ciphertexts into per-(node, feature,
    bin) histograms (homomorphic addition), accumulates them over bins, shuffles the split
-   candidates and sends them under opaque ids. The host's features, bins and thresholds
-   stay with the host.
+   candidates and sends them under opaque ids, many sums per ciphertext (cipher
+   compression). The host's features, bins and thresholds stay with the host.
 3. The guest decrypts the candidate sums, scores every split with the XGBoost gain
    ``G_L^2/(H_L+lambda) + G_R^2/(H_R+lambda) - G^2/(H+lambda)`` (Chen & Guestrin 2016) and,
    for a winning host split, sends that host only the opaque id. The host records the
