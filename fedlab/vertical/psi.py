@@ -84,7 +84,8 @@ def _ids(frame, column, party) -> list:
     if not isinstance(frame, pd.DataFrame):
         raise ValueError(f"frames[{party!r}] must be a pandas DataFrame, got {type(frame).__name__}")
     if column not in frame.columns:
-        raise ValueError(f"frames[{party!r}] has no ID column {column!r} (columns: {list(frame.columns)[:10]})")
+        raise ValueError(f"frames[{party!r}] has no ID column {column!r} "
+                         f"(columns: {list(frame.columns)[:10]})")
     ids = frame[column]
     if len(ids) == 0:
         raise ValueError(f"frames[{party!r}] is empty; every party needs at least one row")
@@ -93,7 +94,8 @@ def _ids(frame, column, party) -> list:
     text = ids.map(lambda v: str(v.item() if isinstance(v, np.generic) else v))
     if text.duplicated().any():
         dup = text[text.duplicated()].iloc[0]
-        raise ValueError(f"frames[{party!r}][{column!r}] has duplicate IDs (e.g. {dup!r}); IDs must be unique")
+        raise ValueError(f"frames[{party!r}][{column!r}] has duplicate IDs (e.g. {dup!r}); "
+                         "IDs must be unique")
     return list(ids)
 
 
@@ -127,7 +129,7 @@ def psi_align(frames: Mapping[str, pd.DataFrame], id_column, *, leader: str | No
     blinded_lead = [_blind(a, hash_id(ids[leader][r])) for r in order_lead]
 
     shared = np.ones(n_lead, bool)                        # over L's rows
-    match = {}                                            # party -> [n_lead] index into P's list, -1 if absent
+    match = {}                        # party -> [n_lead] index into P's list, -1 if absent
     orders = {}
     for p in names:
         if p == leader:

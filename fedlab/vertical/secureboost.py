@@ -84,7 +84,8 @@ class SecureBoostConfig:
             raise ValueError(f"reg_lambda and min_child_weight must be >= 0, got "
                              f"{self.reg_lambda}, {self.min_child_weight}")
         if self.objective == "binary" and self.base_score is not None and not 0 < self.base_score < 1:
-            raise ValueError(f"base_score must be a probability in (0, 1) for 'binary', got {self.base_score}")
+            raise ValueError(f"base_score must be a probability in (0, 1) for 'binary', "
+                             f"got {self.base_score}")
         if self.encrypt:
             if not isinstance(self.key_size, int) or self.key_size < 512:
                 raise ValueError(f"key_size must be an integer >= 2048 bits, got {self.key_size!r}")
@@ -100,7 +101,8 @@ def quantile_cuts(x: np.ndarray, max_bin: int) -> list:
 
     A feature with at most ``max_bin`` distinct values gets a cut at each value but the
     smallest (exact splits); otherwise cut k (k = 1 .. max_bin - 1) is the
-    sorted value at rank ceil(k * rows / max_bin), close to XGBoost's ``hist`` sketch. Row i is in bin ``#(cuts <= x_i)``; a split at cut c sends x < c left.
+    sorted value at rank ceil(k * rows / max_bin), close to XGBoost's ``hist`` sketch.
+    Row i is in bin ``#(cuts <= x_i)``; a split at cut c sends x < c left.
     """
     cuts = []
     for column in np.asarray(x, np.float64).T:
@@ -118,7 +120,8 @@ def quantile_cuts(x: np.ndarray, max_bin: int) -> list:
 def apply_bins(x: np.ndarray, cuts: list) -> np.ndarray:
     """Bin ids [rows, features] (uint16) of x under ``quantile_cuts``."""
     x = np.asarray(x, np.float64)
-    return np.stack([np.searchsorted(c, x[:, f], side="right") for f, c in enumerate(cuts)], 1).astype(np.uint16)
+    bins = [np.searchsorted(c, x[:, f], side="right") for f, c in enumerate(cuts)]
+    return np.stack(bins, 1).astype(np.uint16)
 
 
 # ---------------------------------------------------------------- ciphers
@@ -220,7 +223,8 @@ class _Paillier:
         if self.packing:
             mask = (1 << _PACK_BITS) - 1
             values = decode(channels[0])
-            return [np.array([v >> _PACK_BITS for v in values], np.int64), np.array([v & mask for v in values], np.int64)]
+            return [np.array([v >> _PACK_BITS for v in values], np.int64),
+                    np.array([v & mask for v in values], np.int64)]
         return [np.array(decode(c), np.int64) for c in channels]
 
 
@@ -264,7 +268,8 @@ def _host_offer(cipher, encrypted, bins, slot_rows, num_slots, num_cuts, rng):
     """
     slot, feature, b, sums = _candidate_sums(cipher, encrypted, bins, slot_rows, num_slots, num_cuts)
     perm = rng.permutation(len(slot)) if rng is not None else np.arange(len(slot))
-    offer = {"slot": slot[perm], "opaque_id": np.arange(len(slot)), "sums": cipher.compress([c[perm] for c in sums])}
+    offer = {"slot": slot[perm], "opaque_id": np.arange(len(slot)),
+             "sums": cipher.compress([c[perm] for c in sums])}
     return offer, np.stack([feature[perm], b[perm]], 1)
 
 
@@ -430,12 +435,14 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
             private = []
             for k, name in enumerate(host_names):
                 send("guest", name, f"tree{t}/depth{depth}/instance_space", slot_rows.copy())
+                rng = host_rngs[k] if config.shuffle_candidates else None
                 offer, table = _host_offer(cipher, encrypted, host_bins[k], slot_rows, len(open_nodes),
-                                           host_num_cuts[k], host_rngs[k] if config.shuffle_candidates else None)
+                                           host_num_cuts[k], rng)
                 private.append(table)
                 send(name, "guest", f"tree{t}/depth{depth}/split_candidates", offer)
                 gl_k, hl_k = cipher.decrypt(offer["sums"], len(table))
-                cand.append((np.full(len(table), k + 1, np.int64), offer["slot"], gl_k, hl_k, offer["opaque_id"]))
+                cand.append((np.full(len(table), k + 1, np.int64), offer["slot"], gl_k, hl_k,
+                             offer["opaque_id"]))
             c_party = np.concatenate([c[0] for c in cand])
             c_slot = np.concatenate([c[1] for c in cand]).astype(np.int64)
             c_index = np.concatenate([np.arange(len(c[0])) for c in cand])
@@ -456,7 +463,8 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
                 else:
                     k = who - 1
                     opaque = int(cand[who][4][j])
-                    send("guest", host_names[k], f"tree{t}/depth{depth}/chosen_split", {"node": node, "opaque_id": opaque})
+                    send("guest", host_names[k], f"tree{t}/depth{depth}/chosen_split",
+                         {"node": node, "opaque_id": opaque})
                     fi, bi = private[k][opaque]
                     hosts[k].records.append((int(fi), float(hosts[k].cuts[fi][bi])))
                     goes_left = host_bins[k][rows, fi] <= bi
@@ -476,7 +484,8 @@ def fit_secureboost(guest_x, y, host_xs: Sequence, config: SecureBoostConfig, *,
         g_sum = np.bincount(node_of, weights=g, minlength=len(party))
         h_sum = np.bincount(node_of, weights=h, minlength=len(party))
         value = np.where(leaves, -g_sum / (h_sum + lam) * config.learning_rate, 0.0)
-        tree = Tree(np.array(party), np.array(feature), np.array(threshold), np.array(left), np.array(right), value)
+        tree = Tree(np.array(party), np.array(feature), np.array(threshold), np.array(left),
+                    np.array(right), value)
         trees.append(tree)
         margin = margin + value[node_of]
     return SecureBoostModel(config, base_margin, tuple(trees), tuple(hosts), tuple(transcript))
@@ -501,7 +510,8 @@ def predict_margin(model: SecureBoostModel, guest_x, host_xs: Sequence) -> np.nd
             p = tree.party[node]
             go_left = np.zeros(n, bool)
             is_guest = p == 0
-            go_left[is_guest] = guest_x[rows[is_guest], tree.feature[node[is_guest]]] < tree.threshold[node[is_guest]]
+            at = node[is_guest]
+            go_left[is_guest] = guest_x[rows[is_guest], tree.feature[at]] < tree.threshold[at]
             for k, a in enumerate(answers):
                 mine = p == k + 1
                 go_left[mine] = a[tree.feature[node[mine]], rows[mine]]

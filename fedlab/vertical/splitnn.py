@@ -131,14 +131,17 @@ def splitnn_step(model: SplitNN, state: SplitState, xs: Sequence, y, key):
     [dL/dh_k]}: exactly what crossed the party boundary.
     """
     keys = jax.random.split(key, len(xs))
-    hs = tuple(f(p, x, k, model.noise_std) for f, p, x, k in zip(model.forward, state.bottom_params, xs, keys))
+    hs = tuple(f(p, x, k, model.noise_std)
+               for f, p, x, k in zip(model.forward, state.bottom_params, xs, keys))
     top_params, top_opt, loss, grads = model.label_update(state.top_params, state.top_opt, hs, y)
-    new = [b(p, o, x, g) for b, p, o, x, g in zip(model.backward, state.bottom_params, state.bottom_opt, xs, grads)]
+    new = [b(p, o, x, g)
+           for b, p, o, x, g in zip(model.backward, state.bottom_params, state.bottom_opt, xs, grads)]
     state = SplitState(tuple(p for p, _ in new), tuple(o for _, o in new), top_params, top_opt)
     return state, loss, {"activations": list(hs), "gradients": list(grads)}
 
 
-def batch_indices(key, num_examples: int, batch_size: int, epochs: int, *, drop_remainder: bool = False) -> list:
+def batch_indices(key, num_examples: int, batch_size: int, epochs: int, *,
+                  drop_remainder: bool = False) -> list:
     """Shuffled mini-batch row indices, epoch after epoch. The last batch of an epoch is
     smaller, or dropped with ``drop_remainder`` (one batch shape = one compilation). Every party
     uses the same indices, since the rows are aligned."""
@@ -171,7 +174,8 @@ def train_splitnn(model: SplitNN, xs: Sequence, y, *, epochs: int, batch_size: i
         if x.ndim != 2 or x.shape[1] == 0:
             raise ValueError(f"xs[{k}] must be [rows, features] with >= 1 feature, got shape {x.shape}")
         if x.shape[0] != n:
-            raise ValueError(f"xs[{k}] has {x.shape[0]} rows but y has {n}; align the parties first (psi_align)")
+            raise ValueError(f"xs[{k}] has {x.shape[0]} rows but y has {n}; "
+                             "align the parties first (psi_align)")
     key_init, key_batch, key_noise = jax.random.split(key, 3)
     state = model.init(key_init)
     y = np.asarray(y)
@@ -179,13 +183,14 @@ def train_splitnn(model: SplitNN, xs: Sequence, y, *, epochs: int, batch_size: i
     rows, steps_per_epoch = [], n // batch_size
     losses = []
     for step, idx in enumerate(batch_indices(key_batch, n, batch_size, epochs, drop_remainder=True)):
-        state, loss, _ = splitnn_step(model, state, [x[idx] for x in xs], y[idx], jax.random.fold_in(key_noise, step))
+        state, loss, _ = splitnn_step(model, state, [x[idx] for x in xs], y[idx],
+                                      jax.random.fold_in(key_noise, step))
         losses.append(float(loss))
         if (step + 1) % steps_per_epoch == 0:
             row = {"epoch": (step + 1) // steps_per_epoch, "train_loss": float(np.mean(losses))}
             if eval_data is not None and metric is not None:
-                row["metric"] = float(metric(np.asarray(model.predict(state, [np.asarray(x, np.float32) for x in eval_data[0]])),
-                                             np.asarray(eval_data[1])))
+                outputs = model.predict(state, [np.asarray(x, np.float32) for x in eval_data[0]])
+                row["metric"] = float(metric(np.asarray(outputs), np.asarray(eval_data[1])))
             rows.append(row)
             losses = []
     return state, pd.DataFrame(rows)
