@@ -61,7 +61,7 @@ class DPUpdate(NamedTuple):
 
 def clip_by_global_norm(tree, clip):
     """(tree * min(1, clip / ||tree||), ||tree||), with ||.|| the L2 norm over all leaves."""
-    norm = optax.tree_utils.tree_l2_norm(tree)
+    norm = optax.tree_utils.tree_norm(tree)
     factor = jnp.minimum(1.0, clip / jnp.maximum(norm, 1e-30))
     return optax.tree_utils.tree_scale(factor, tree), norm
 
