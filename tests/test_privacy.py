@@ -2,6 +2,7 @@
 noise, secure aggregation, Paillier aggregation and the membership-inference attack."""
 from __future__ import annotations
 
+import itertools
 import math
 
 import dp_accounting
@@ -242,3 +243,91 @@ def test_dp_refuses_strategy_with_custom_aggregate():
     s = dp(fedavg(), clip=1.0, clients_per_round=2, num_clients=10, noise_multiplier=1.0)
     with pytest.raises(ValueError, match="aggregate"):
         dp(s, clip=1.0, clients_per_round=2, num_clients=10, noise_multiplier=1.0)
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+from scipy import stats  # noqa: E402
+
+from fedlab.core.types import is_host_aggregator  # noqa: E402
+from fedlab.privacy import secagg  # noqa: E402
+
+
+def _entropy(seed):
+    return np.random.default_rng(seed).bytes       # deterministic key material for the tests
+
+
+@pytest.mark.parametrize("drop_fraction", [0.0, 1 / 3])
+def test_secagg_sum_is_exact_to_fixed_point_with_dropouts(drop_fraction):
+    n, d, f = 12, 3000, 20
+    x = np.random.default_rng(0).normal(size=(n, d)) * 3
+    dropped = np.arange(n) < int(drop_fraction * n)
+    res = secagg.secure_sum(x, dropped=dropped, threshold=8, fraction_bits=f, entropy=_entropy(1))
+    alive = ~dropped
+    np.testing.assert_array_equal(res.survivors, np.flatnonzero(alive))
+    # each survivor's encoding rounds by at most 2^-(f+1); the masks cancel exactly
+    np.testing.assert_allclose(res.total, x[alive].sum(0), rtol=0, atol=alive.sum() * 2.0 ** -(f + 1))
+    assert res.bytes_up > alive.sum() * d * 8 and res.seconds > 0
+
+
+def test_secagg_beyond_threshold_is_a_clear_error():
+    x = np.ones((9, 10))
+    with pytest.raises(secagg.TooManyDropouts, match="threshold t=6"):
+        secagg.secure_sum(x, dropped=np.arange(9) < 4, threshold=6)
+    secagg.secure_sum(x, dropped=np.arange(9) < 3, threshold=6)       # exactly t survivors is fine
+    with pytest.raises(ValueError, match="threshold"):
+        secagg.secure_sum(x, threshold=10)
+    with pytest.raises(ValueError, match="fraction_bits"):
+        secagg.secure_sum(x * 1e12, fraction_bits=30)
+
+
+def test_secagg_server_view_of_a_client_is_uniform():
+    n, d = 5, 40_000
+    x = np.zeros((n, d))
+    x[0] = np.linspace(-1, 1, d)                        # a very non-uniform input
+    res = secagg.secure_sum(x, entropy=_entropy(2))
+    bins = 256
+    critical = stats.chi2.ppf(1 - 1e-6, bins - 1)       # false alarm 1e-6 if uniform
+
+    def chi2_top_byte(v):
+        counts = np.bincount((v >> np.uint64(56)).astype(np.int64), minlength=bins)
+        return ((counts - d / bins) ** 2 / (d / bins)).sum()
+
+    assert chi2_top_byte(res.masked[0]) < critical
+    assert stats.kstest(res.masked[0] / 2.0 ** 64, "uniform").pvalue > 1e-6
+    # the same test flags the unmasked encoding, so it can tell
+    assert chi2_top_byte(secagg.encode(x[0], 20)) > critical
+
+
+def test_shamir_any_t_shares_reconstruct():
+    secret = 123456789 ** 7 % secagg.PRIME
+    shares = secagg.shamir_share(secret, 7, 4, _entropy(3))
+    for subset in ([0, 1, 2, 3], [6, 4, 2, 0], [1, 3, 5, 6, 0]):
+        assert secagg.shamir_reconstruct({i + 1: shares[i] for i in subset}) == secret
+    assert secagg.shamir_reconstruct({i + 1: shares[i] for i in [0, 1, 2]}) != secret
+
+
+def test_secure_aggregator_is_the_weighted_mean():
+    rng = np.random.default_rng(4)
+    updates = {"W": rng.normal(size=(6, 4, 3)).astype(np.float32), "b": rng.normal(size=(6, 3)).astype(np.float32)}
+    weights = np.array([10.0, 0.0, 5.0, 30.0, 7.0, 0.0])       # slots 1 and 5: padding
+    agg_fn = secagg.secure_aggregator(entropy=_entropy(5))
+    assert is_host_aggregator(agg_fn)
+    mean, metrics = agg_fn(updates, weights, jax.random.key(0))
+    for name in updates:
+        expected = np.tensordot(weights, updates[name].astype(np.float64), 1) / weights.sum()
+        np.testing.assert_allclose(mean[name], expected, atol=4 * 50 * 2.0 ** -21 / weights.sum() + 1e-6)
+        assert mean[name].dtype == np.float32
+    assert metrics["secagg_bytes"] > 0 and metrics["secagg_dropped"] == 0
+    # with dropouts the mean is over the survivors: some subset of the 4 real clients
+    mean, metrics = secagg.secure_aggregator(dropout=0.4, threshold=0.3, entropy=_entropy(5))(
+        updates, weights, jax.random.key(2))
+    real = np.flatnonzero(weights > 0)
+    matches = []
+    for size in range(2, 5):
+        for subset in itertools.combinations(real, size):
+            w = weights[list(subset)]
+            expected = np.tensordot(w, updates["b"][list(subset)].astype(np.float64), 1) / w.sum()
+            if np.allclose(mean["b"], expected, atol=1e-5):
+                matches.append(len(real) - size)
+    assert metrics["secagg_dropped"] == 2 and matches == [2]
