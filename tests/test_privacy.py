@@ -331,3 +331,47 @@ def test_secure_aggregator_is_the_weighted_mean():
             if np.allclose(mean["b"], expected, atol=1e-5):
                 matches.append(len(real) - size)
     assert metrics["secagg_dropped"] == 2 and matches == [2]
+
+
+# ---------------------------------------------------------------- Paillier
+
+from phe import paillier as phe_paillier  # noqa: E402
+
+from fedlab.privacy import paillier  # noqa: E402
+
+KEYPAIR = phe_paillier.generate_paillier_keypair(n_length=512)   # small key: fast tests, not secure
+
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_paillier_sum_equals_plaintext_within_quantization(packed):
+    n, d, f = 5, 40 if not packed else 300, 16
+    x = np.random.default_rng(6).normal(size=(n, d)) * 50
+    res = paillier.encrypted_sum(x, *KEYPAIR, fraction_bits=f, packed=packed)
+    np.testing.assert_allclose(res.total, x.sum(0), rtol=0, atol=n * 2.0 ** -(f + 1))
+    slots = (KEYPAIR[0].n.bit_length() - 1) // 64 if packed else 1
+    assert res.ciphertexts_per_client == math.ceil(d / slots)
+    assert res.bytes_up == n * res.ciphertexts_per_client * 2 * 512 // 8
+
+
+def test_paillier_packing_round_trips_and_rejects_overflow():
+    codec = paillier.make_codec(KEYPAIR[0], fraction_bits=8, headroom_bits=4)
+    x = np.array([-3.5, 0.0, 1.25, 1000.0, -0.00390625])
+    q = codec.quantize(x)
+    np.testing.assert_allclose(codec.unpack(codec.pack(q), len(x), 1), x)
+    with pytest.raises(ValueError, match="fraction_bits"):
+        codec.quantize(np.array([2.0 ** 60]))
+    with pytest.raises(ValueError, match="headroom_bits"):
+        paillier.encrypted_sum(np.ones((20, 3)), *KEYPAIR, headroom_bits=4)
+
+
+def test_paillier_aggregator_is_the_weighted_mean():
+    rng = np.random.default_rng(7)
+    updates = {"W": rng.normal(size=(4, 10, 3)).astype(np.float32), "b": rng.normal(size=(4, 3)).astype(np.float32)}
+    weights = np.array([3.0, 0.0, 12.0, 5.0])
+    agg_fn = paillier.paillier_aggregator(keypair=KEYPAIR)
+    assert is_host_aggregator(agg_fn)
+    mean, metrics = agg_fn(updates, weights, jax.random.key(0))
+    for name in updates:
+        expected = np.tensordot(weights, updates[name].astype(np.float64), 1) / weights.sum()
+        np.testing.assert_allclose(mean[name], expected, atol=3 * 2.0 ** -17 / weights.sum() + 1e-6)
+    assert metrics["paillier_ciphertexts"] == math.ceil((30 + 3 + 1) / 7)

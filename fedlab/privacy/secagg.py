@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedlab.core.types import host_aggregator
+from fedlab.privacy._flat import unflatten_mean, weighted_rows
 
 PRIME = 2 ** 521 - 1                     # Mersenne prime: the Shamir field, holds any 32-byte secret
 FIELD_BYTES = (PRIME.bit_length() + 7) // 8
@@ -207,25 +208,14 @@ def secure_aggregator(*, dropout: float = 0.0, threshold: float = 0.5, fraction_
 
     @host_aggregator
     def aggregate(updates, weights, key):
-        weights = np.asarray(weights, np.float64)
-        leaves, treedef = jax.tree.flatten(updates)
-        take = np.flatnonzero(weights > 0)
-        rows = np.concatenate([np.asarray(x, np.float64).reshape(len(weights), -1)[take] for x in leaves]
-                              + [np.ones((len(take), 1))], axis=1) * weights[take, None]
-        drops = np.random.default_rng(_numpy_seed(key)).random(len(take)) < dropout
-        t = min(int(threshold * len(take)) + 1, len(take))
+        rows, leaves, treedef = weighted_rows(updates, weights, min_clients=2)
+        drops = np.random.default_rng(_numpy_seed(key)).random(len(rows)) < dropout
+        t = min(int(threshold * len(rows)) + 1, len(rows))
         result = secure_sum(rows, threshold=max(t, 2), dropped=drops, fraction_bits=fraction_bits,
                             entropy=entropy)
-        mean = result.total[:-1] / result.total[-1]
-        out, offset = [], 0
-        for x in leaves:
-            shape = np.shape(x)[1:]
-            size = int(np.prod(shape))
-            out.append(mean[offset:offset + size].reshape(shape).astype(np.asarray(x).dtype))
-            offset += size
         metrics = {"secagg_bytes": float(result.bytes_up + result.bytes_down),
                    "secagg_seconds": result.seconds, "secagg_dropped": float(drops.sum())}
-        return jax.tree.unflatten(treedef, out), metrics
+        return unflatten_mean(result.total, leaves, treedef), metrics
 
     return aggregate
 
