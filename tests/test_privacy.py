@@ -375,3 +375,27 @@ def test_paillier_aggregator_is_the_weighted_mean():
         expected = np.tensordot(weights, updates[name].astype(np.float64), 1) / weights.sum()
         np.testing.assert_allclose(mean[name], expected, atol=3 * 2.0 ** -17 / weights.sum() + 1e-6)
     assert metrics["paillier_ciphertexts"] == math.ceil((30 + 3 + 1) / 7)
+
+
+# ---------------------------------------------------------------- membership inference
+
+from fedlab.privacy import attacks  # noqa: E402
+
+
+def test_attack_auc_counts_pairs():
+    members, nonmembers = np.array([0.1, 0.2, 0.5]), np.array([0.3, 0.15, 0.05, 0.6])
+    # AUC = P(member loss < nonmember loss), counted by hand over the 12 pairs
+    wins = sum(m < n for m in members for n in nonmembers)
+    scores = attacks.attack_from_losses(members, nonmembers)
+    assert scores["auc"] == pytest.approx(wins / 12)
+    assert attacks.attack_from_losses([0.0, 0.1], [1.0, 2.0]) == {"auc": 1.0, "advantage": 1.0}
+
+
+def test_example_losses_are_per_example_cross_entropy():
+    rng = np.random.default_rng(8)
+    params = {"W": jnp.asarray(rng.normal(size=(6, 3)), jnp.float32), "b": jnp.zeros(3)}
+    x, y = rng.normal(size=(10, 6)).astype(np.float32), rng.integers(0, 3, 10)
+    logits = x @ np.asarray(params["W"], np.float64)
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    np.testing.assert_allclose(attacks.example_losses(MODEL, params, x, y), -log_softmax[np.arange(10), y],
+                               rtol=1e-5)
