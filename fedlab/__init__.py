@@ -1,1 +1,19 @@
-"""fedlab: a Jupyter-first research workbench for federated learning on JAX."""
+"""fedlab: a Jupyter-first research workbench for federated learning on JAX.
+
+    import fedlab
+    data = fedlab.data.load_federated("synthetic:1,1")
+    history = fedlab.simulate("fedprox", "logreg", data, rounds=50, clients_per_round=10,
+                              local_epochs=20, batch_size=10, mu=1.0, client_lr=0.01)
+"""
+from fedlab import algorithms, models  # noqa: F401  (registers the built-in strategies and models)
+from fedlab.core.registry import (ALGORITHMS, DATASETS, MODELS, PARTITIONS, register_algorithm,
+                                  register_dataset, register_model, register_partition)
+from fedlab.core.simulate import History, RoundEvent, StopTraining, simulate
+from fedlab.core.types import Batch, ClientInfo, ClientOutput, Model, Strategy, host_aggregator
+from fedlab.data.federated import FederatedDataset
+
+__all__ = ["ALGORITHMS", "DATASETS", "MODELS", "PARTITIONS", "Batch", "ClientInfo", "ClientOutput",
+           "FederatedDataset", "History", "Model", "RoundEvent", "StopTraining", "Strategy",
+           "host_aggregator", "register_algorithm", "register_dataset", "register_model",
+           "register_partition", "simulate"]
+__version__ = "0.1.0"

@@ -19,6 +19,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 PyTree = Any
 Params = PyTree
@@ -119,13 +120,16 @@ class Model(NamedTuple):
     apply: Callable
     num_classes: int
 
+    def example_losses(self, params: Params, x: jax.Array, y: jax.Array) -> jax.Array:
+        """[batch] per-example loss: softmax cross-entropy, or 0.5 * squared error (regression)."""
+        out = self.apply(params, x)
+        if self.num_classes > 0:
+            return optax.softmax_cross_entropy_with_integer_labels(out, y.astype(jnp.int32))
+        return 0.5 * (out - y) ** 2
+
     def loss(self, params: Params, batch: Batch) -> jax.Array:
         """Mean loss over the batch, weighted by ``batch.mask``."""
-        out = self.apply(params, batch.x)
-        if self.num_classes > 0:
-            per_example = -jnp.take_along_axis(jax.nn.log_softmax(out), batch.y[:, None].astype(jnp.int32), 1)[:, 0]
-        else:
-            per_example = 0.5 * (out - batch.y) ** 2
+        per_example = self.example_losses(params, batch.x, batch.y)
         return jnp.sum(per_example * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1e-12)
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from fedlab.cli import main
+
+sys.exit(main())

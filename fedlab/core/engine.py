@@ -1,0 +1,255 @@
+"""The engine: runs any ``Strategy`` as one jit-compiled XLA program per round.
+
+Inside the round the sampled clients are ``jax.vmap``-ed over chunks of ``chunk_size``
+clients, the chunks run one after another in ``lax.scan`` (so memory holds one chunk at a
+time), local steps run in ``lax.scan`` (or a ``fori_loop`` with per-client trip counts when
+clients do unequal work), and the weighted mean ``sum_k w_k u_k / sum_k w_k`` is accumulated
+chunk by chunk in the same program. Training data stays on the device as flat arrays;
+mini-batches are gathered by client offset, nothing is copied per round.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedlab.core.types import Batch, ClientInfo, Model, Strategy, is_host_aggregator, tree_nbytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The static shape of a round (everything that fixes the compiled program).
+
+    slots: sampled-client slots per round (clients_per_round, or a bound for Poisson sampling),
+    a multiple of chunk. local_steps / local_epochs: exactly one is set. stragglers: fraction
+    of the sampled clients that do a random part of the work, uniform in [1, full - 1].
+    """
+
+    num_clients: int
+    clients_per_round: int
+    slots: int
+    chunk: int
+    batch_size: int
+    local_steps: int | None
+    local_epochs: int | None
+    max_examples: int
+    sampling: str
+    stragglers: float
+
+    @property
+    def num_chunks(self) -> int:
+        return self.slots // self.chunk
+
+    @property
+    def equal_work(self) -> bool:
+        """All clients do the same number of steps: a plain scan, no per-client trip count."""
+        return self.local_steps is not None and self.stragglers == 0
+
+
+class DeviceData(NamedTuple):
+    x: jax.Array          # [N, *input_shape]
+    y: jax.Array          # [N]
+    weight: jax.Array     # [N] example weight in the loss (1 when the dataset has none)
+    offsets: jax.Array    # [K] first row of each client
+    counts: jax.Array     # [K] n_k
+
+
+class RoundOutput(NamedTuple):
+    server_state: Any
+    client_states: Any
+    metrics: dict
+    pending: Any = None   # (updates, weights, key) left for a host aggregator
+
+
+def device_data(data) -> DeviceData:
+    weight = data.train_weights if data.train_weights is not None else np.ones(len(data.y_train), np.float32)
+    return DeviceData(jnp.asarray(data.x_train), jnp.asarray(data.y_train), jnp.asarray(weight, jnp.float32),
+                      jnp.asarray(data.train_offsets[:-1], jnp.int32), jnp.asarray(data.train_counts, jnp.int32))
+
+
+def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData):
+    """One client's whole round: client_init, its local steps, client_final."""
+    B = plan.batch_size
+
+    def batch_at(offset, rows, mask):
+        return Batch(data.x[offset + rows], data.y[offset + rows], data.weight[offset + rows] * mask)
+
+    def run(broadcast, client_state, cid, num_steps, full_steps, key):
+        n = data.counts[cid]
+        offset = data.offsets[cid]
+        k_batches, k_client = jax.random.split(key)
+        info = ClientInfo(n, num_steps, full_steps, k_client)
+        local = strategy.client_init(broadcast, client_state, info)
+
+        if plan.local_steps is not None:
+            def batch(t):   # B rows drawn uniformly with replacement from the client's n_k
+                rows = jax.random.randint(jax.random.fold_in(k_batches, t), (B,), 0, n)
+                return batch_at(offset, rows, jnp.ones((B,), jnp.float32))
+        else:
+            per_epoch = (n + B - 1) // B
+            # One permutation per epoch; the client's own rows sort first, padding rows last.
+            is_pad = jnp.arange(plan.max_examples) >= n
+            perms = jax.vmap(lambda e: jnp.argsort(
+                jax.random.uniform(jax.random.fold_in(k_batches, e), (plan.max_examples,)) + is_pad)
+            )(jnp.arange(plan.local_epochs))
+
+            def batch(t):   # step t walks epoch t // per_epoch in order; the last batch is partial
+                pos = (t % per_epoch) * B + jnp.arange(B)
+                rows = perms[t // per_epoch, jnp.minimum(pos, plan.max_examples - 1)]
+                return batch_at(offset, rows, (pos < n).astype(jnp.float32))
+
+        def step(carry, t):
+            local, loss_sum = carry
+            local, loss = strategy.client_step(local, batch(t), model.loss)
+            return (local, loss_sum + loss), None
+
+        carry = (local, jnp.zeros((), jnp.float32))
+        if plan.equal_work:
+            carry, _ = jax.lax.scan(step, carry, jnp.arange(plan.local_steps))
+        else:
+            carry = jax.lax.fori_loop(0, num_steps, lambda t, c: step(c, t)[0], carry)
+        local, loss_sum = carry
+        output, client_state = strategy.client_final(local, client_state, info)
+        return output, client_state, loss_sum / jnp.maximum(num_steps, 1)
+
+    return run
+
+
+def _assign_work(plan: Plan, counts, valid, key):
+    """(num_steps, full_steps) per slot; exactly round(stragglers * sampled) stragglers."""
+    if plan.local_steps is not None:
+        unit = jnp.ones_like(counts)
+        full_units = jnp.full_like(counts, plan.local_steps)
+    else:
+        unit = (counts + plan.batch_size - 1) // plan.batch_size     # steps per epoch
+        full_units = jnp.full_like(counts, plan.local_epochs)
+    if plan.stragglers == 0:
+        return full_units * unit, full_units * unit
+    k_who, k_units = jax.random.split(key)
+    num_valid = jnp.sum(valid)
+    num_stragglers = jnp.round(plan.stragglers * num_valid).astype(jnp.int32)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_who, counts.shape) + 2.0 * ~valid))
+    straggles = rank < num_stragglers
+    partial = jax.random.randint(k_units, counts.shape, 1, jnp.maximum(full_units, 2))
+    units = jnp.where(straggles, jnp.minimum(partial, full_units), full_units)
+    return units * unit, full_units * unit
+
+
+def make_round(plan: Plan, strategy: Strategy, model: Model):
+    """The round as a function (server_state, client_states, data, ids, valid, key) -> RoundOutput
+    (not yet jitted). ids: [slots] sampled client ids; valid: [slots] False for padding slots.
+    With a host aggregator the server update is left undone and ``pending`` holds the stacked
+    updates for ``finish_on_host``."""
+    stacked = strategy.aggregate is not None
+
+    def round_fn(server_state, client_states, data: DeviceData, ids, valid, key):
+        k_work, k_clients, k_agg = jax.random.split(key, 3)
+        work = _local_work(plan, strategy, model, data)
+        broadcast = strategy.broadcast(server_state)
+        counts = data.counts[ids]
+        num_steps, full_steps = _assign_work(plan, counts, valid, k_work)
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
+        has_state = bool(jax.tree.leaves(client_states))
+        my_states = jax.tree.map(lambda s: s[ids], client_states)
+
+        def chunked(t):
+            return t.reshape((plan.num_chunks, plan.chunk) + t.shape[1:])
+
+        def run_chunk(acc, xs):
+            sum_wu, sum_w, sums = acc
+            cstate, cid, steps, full, ckey, ok = xs
+            out, new_state, local_loss = jax.vmap(work, in_axes=(None, 0, 0, 0, 0, 0))(
+                broadcast, cstate, cid, steps, full, ckey)
+            w = out.weight * ok
+            chunk_sums = {"local_loss": jnp.sum(local_loss * ok), "participants": jnp.sum((w > 0).astype(jnp.float32)),
+                          **{name: jnp.sum(v * w) for name, v in out.metrics.items()}}
+            sums = jax.tree.map(jnp.add, sums, chunk_sums)
+            if stacked:
+                return (sum_wu, sum_w, sums), (out.update, w, new_state)
+            sum_wu = jax.tree.map(lambda s, u: s + jnp.tensordot(w, u, 1), sum_wu, out.update)
+            return (sum_wu, sum_w + jnp.sum(w), sums), (None, None, new_state)
+
+        xs = jax.tree.map(chunked, (my_states, ids, num_steps, full_steps, keys, valid.astype(jnp.float32)))
+        one = jax.eval_shape(work, broadcast, jax.tree.map(lambda s: s[0], my_states),
+                             ids[0], num_steps[0], full_steps[0], keys[0])[0]
+        sums = {name: jnp.zeros((), jnp.float32) for name in ("local_loss", "participants", *one.metrics)}
+        init = (optax.tree_utils.tree_zeros_like(one.update), jnp.zeros((), jnp.float32), sums)
+        (sum_wu, sum_w, sums), (updates, weights, new_states) = jax.lax.scan(run_chunk, init, xs)
+
+        if has_state:
+            flat_states = jax.tree.map(lambda t: t.reshape((plan.slots,) + t.shape[2:]), new_states)
+            target = jnp.where(valid, ids, plan.num_clients)        # padding slots write nowhere
+            client_states = jax.tree.map(lambda s, new: s.at[target].set(new, mode="drop"),
+                                         client_states, flat_states)
+        metrics = {"local_loss": sums.pop("local_loss") / jnp.maximum(jnp.sum(valid), 1),
+                   "participants": sums.pop("participants"),
+                   **{name: v / jnp.maximum(sum_w, 1e-12) for name, v in sums.items()}}
+        if stacked:
+            updates = jax.tree.map(lambda t: t.reshape((plan.slots,) + t.shape[2:]), updates)
+            weights = weights.reshape(plan.slots)
+            if is_host_aggregator(strategy.aggregate):    # finished on the host by finish_round
+                return RoundOutput(server_state, client_states, metrics, (updates, weights, k_agg))
+            aggregate, agg_metrics = strategy.aggregate(updates, weights, k_agg)
+            metrics.update(agg_metrics)
+        else:
+            aggregate = jax.tree.map(lambda s: s / jnp.maximum(sum_w, 1e-12), sum_wu)
+        return RoundOutput(strategy.server_update(server_state, aggregate), client_states, metrics)
+
+    return round_fn
+
+
+def update_nbytes(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, server_state, client_states):
+    """(bytes one client sends up, bytes the server sends one client), from abstract shapes."""
+    work = _local_work(plan, strategy, model, data)
+    broadcast = jax.eval_shape(strategy.broadcast, server_state)
+    one_state = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), client_states)
+    z = jax.ShapeDtypeStruct((), jnp.int32)
+    out = jax.eval_shape(lambda b, s, i, k: work(b, s, i, i, i, k)[0],
+                         broadcast, one_state, z, jax.random.key(0))
+    return tree_nbytes(out.update), tree_nbytes(broadcast)
+
+
+def auto_chunk(clients_per_round: int, num_params: int, steps_hint: int = 1) -> int:
+    """Clients per vmapped chunk. Wide vmaps turn a big matrix product into many small ones,
+    which stops paying off once the per-client weights leave the cache; so small models get
+    the whole round in one vmap and large ones chunks of a few clients (measured in
+    benchmarks/bench_engine.py). Picks a divisor of clients_per_round so no slot is wasted."""
+    if num_params * clients_per_round <= 1 << 20:
+        return clients_per_round
+    target = max(1, min(clients_per_round, 5))
+    return max(d for d in range(1, target + 1) if clients_per_round % d == 0)
+
+
+def sample_clients(plan: Plan, key) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, valid) for one round, both of length plan.slots."""
+    if plan.sampling == "fixed":
+        ids = np.asarray(jax.random.choice(key, plan.num_clients, (plan.clients_per_round,), replace=False))
+        ids = np.sort(ids).astype(np.int32)
+        valid = np.ones(plan.slots, bool)
+        valid[len(ids):] = False
+        return np.pad(ids, (0, plan.slots - len(ids))), valid
+    rate = plan.clients_per_round / plan.num_clients
+    chosen = np.flatnonzero(np.asarray(jax.random.bernoulli(key, rate, (plan.num_clients,)))).astype(np.int32)
+    slots = max(plan.slots, math.ceil(len(chosen) / plan.chunk) * plan.chunk)
+    valid = np.arange(slots) < len(chosen)
+    return np.pad(chosen, (0, slots - len(chosen))), valid
+
+
+def poisson_slots(clients_per_round: int, num_clients: int, chunk: int) -> int:
+    """Slots that hold a Poisson sample with probability > 1 - 1e-6 (more triggers a recompile)."""
+    rate = clients_per_round / num_clients
+    bound = clients_per_round + 5 * math.sqrt(num_clients * rate * (1 - rate)) + 1
+    return min(math.ceil(min(bound, num_clients) / chunk) * chunk, math.ceil(num_clients / chunk) * chunk)
+
+
+def finish_on_host(strategy: Strategy, server_update, out: RoundOutput) -> RoundOutput:
+    """Run a host aggregator (NumPy, outside jit) on the pending updates, then the server update."""
+    updates, weights, key = out.pending
+    aggregate, agg_metrics = strategy.aggregate(jax.tree.map(np.asarray, updates), np.asarray(weights), key)
+    metrics = {**out.metrics, **agg_metrics}
+    return RoundOutput(server_update(out.server_state, aggregate), out.client_states, metrics)

@@ -1,0 +1,264 @@
+"""``simulate``: the training loop around the compiled round, its evaluation and its History."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from fedlab.core import engine
+from fedlab.core.registry import ALGORITHMS, MODELS
+from fedlab.core.types import Model, Strategy, is_host_aggregator, tree_nbytes
+
+
+class StopTraining(Exception):
+    """Raise from a callback to end the run after the current round; the History keeps the
+    rounds done so far and has ``stopped == True``."""
+
+
+class RoundEvent(NamedTuple):
+    """What callbacks receive after every round. metrics: the round's History row as a dict
+    (evaluation columns are NaN on rounds that were not evaluated); elapsed: seconds since the
+    run started; params: the server model after the round."""
+
+    round: int
+    rounds: int
+    metrics: dict
+    elapsed: float
+    params: Any
+
+
+class History(pd.DataFrame):
+    """One row per round. Columns: round, clients (sampled), participants (weight > 0),
+    local_loss, train_loss, test_loss, test_accuracy, test_balanced_accuracy,
+    client_acc_{mean,std,min,p10,p50,p90,max} (test accuracy across clients), bytes_up,
+    bytes_down, seconds (the round's training step: sampling, local work, aggregation; no
+    evaluation), elapsed, and whatever the strategy reports. Attributes: ``params`` (final
+    server model), ``settings`` (the run's arguments), ``stopped`` (ended by StopTraining)."""
+
+    _metadata = ["params", "settings", "stopped"]
+
+    @property
+    def _constructor(self):
+        return History
+
+
+class Evaluator:
+    """Loss and accuracy of a model on every client's train and test rows, in one compiled
+    pass over fixed-size blocks (per-client sums by ``segment_sum``)."""
+
+    def __init__(self, model: Model, data, block: int = 8192):
+        K = data.num_clients
+        x = np.concatenate([data.x_train, data.x_test])
+        y = np.concatenate([data.y_train, data.y_test])
+        seg = np.concatenate([np.repeat(np.arange(K), data.train_counts),
+                              K + np.repeat(np.arange(K), data.test_counts)])
+        block = min(block, max(len(y), 1))
+        pad = -len(y) % block
+        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+        y = np.concatenate([y, np.zeros(pad, y.dtype)])
+        seg = np.concatenate([seg, np.full(pad, 2 * K)])
+        nb = len(y) // block
+        self.blocks = (jnp.asarray(x.reshape((nb, block) + x.shape[1:])), jnp.asarray(y.reshape(nb, block)),
+                       jnp.asarray(seg.reshape(nb, block), jnp.int32))
+        self.num_clients, self.num_classes = K, model.num_classes
+        self.train_n, self.test_n = data.train_counts, data.test_counts
+        C = max(model.num_classes, 1)
+
+        def block_sums(params, xb, yb, sb):
+            loss = model.example_losses(params, xb, yb)
+            if model.num_classes > 0:
+                correct = (jnp.argmax(model.apply(params, xb), -1) == yb).astype(jnp.float32)
+            else:
+                correct = jnp.zeros_like(loss)
+            by_client = jax.ops.segment_sum(jnp.stack([loss, correct], 1), sb, 2 * K + 1)
+            test_class = jnp.where((sb >= K) & (sb < 2 * K), yb.astype(jnp.int32), C)
+            by_class = jax.ops.segment_sum(jnp.stack([correct, jnp.ones_like(correct)], 1), test_class, C + 1)
+            return by_client, by_class
+
+        def run(params, blocks):
+            def body(acc, b):
+                c, k = block_sums(params, *b)
+                return (acc[0] + c, acc[1] + k), None
+            init = (jnp.zeros((2 * K + 1, 2)), jnp.zeros((C + 1, 2)))
+            return jax.lax.scan(body, init, blocks)[0]
+
+        self._run = jax.jit(run)
+
+    def __call__(self, params) -> dict:
+        by_client, by_class = jax.device_get(self._run(params, self.blocks))
+        K = self.num_clients
+        train, test = by_client[:K], by_client[K:2 * K]
+        m = {"train_loss": train[:, 0].sum() / max(self.train_n.sum(), 1),
+             "test_loss": test[:, 0].sum() / self.test_n.sum() if self.test_n.sum() else np.nan}
+        if self.num_classes > 0 and self.test_n.sum():
+            m["test_accuracy"] = test[:, 1].sum() / self.test_n.sum()
+            seen = by_class[:-1, 1] > 0
+            m["test_balanced_accuracy"] = np.mean(by_class[:-1, 0][seen] / by_class[:-1, 1][seen])
+            has = self.test_n > 0
+            acc = test[has, 1] / self.test_n[has]
+            m.update(client_acc_mean=acc.mean(), client_acc_std=acc.std(), client_acc_min=acc.min(),
+                     client_acc_p10=np.percentile(acc, 10), client_acc_p50=np.percentile(acc, 50),
+                     client_acc_p90=np.percentile(acc, 90), client_acc_max=acc.max())
+        return {k: float(v) for k, v in m.items()}
+
+
+_COLUMNS = ["round", "clients", "participants", "local_loss", "train_loss", "test_loss", "test_accuracy",
+            "test_balanced_accuracy", "client_acc_mean", "client_acc_std", "client_acc_min",
+            "client_acc_p10", "client_acc_p50", "client_acc_p90", "client_acc_max"]
+
+
+def _check_int(name, value, low, high=None):
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise ValueError(f"{name} must be {rng}, got {value!r}")
+
+
+def resolve_strategy(strategy, knobs: dict) -> Strategy:
+    if isinstance(strategy, Strategy):
+        if knobs:
+            raise ValueError(f"options {sorted(knobs)} apply only when the strategy is given by name")
+        return strategy
+    entry = ALGORITHMS[strategy]
+    unknown = set(knobs) - set(entry.knobs())
+    if unknown:
+        raise ValueError(f"algorithm {strategy!r} has no option(s) {sorted(unknown)}; "
+                         f"it takes {sorted(entry.knobs())}")
+    return entry.factory(**knobs)
+
+
+def resolve_model(model, data, options: dict | None) -> Model:
+    if isinstance(model, Model):
+        built = model
+    else:
+        built = MODELS[model].factory(data.input_shape, data.num_classes, **(options or {}))
+    if built.num_classes != data.num_classes:
+        raise ValueError(f"model has {built.num_classes} outputs but the dataset has {data.num_classes} classes")
+    return built
+
+
+def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
+             clients_per_round: int | None = None, local_steps: int | None = None,
+             local_epochs: int | None = None, batch_size: int = 32, sampling: str = "fixed",
+             stragglers: float = 0.0, seed: int = 0, eval_every: int = 1,
+             chunk_size: int | str = "auto", callbacks: Sequence[Callable[[RoundEvent], Any]] = (),
+             progress: bool = True, init_params=None, model_options: dict | None = None,
+             **strategy_options) -> History:
+    """Train ``strategy`` on the federated ``data`` for ``rounds`` rounds; return the History.
+
+    strategy: a Strategy or a registered name (then ``strategy_options`` go to its factory,
+    e.g. ``simulate("fedprox", "logreg", data, mu=1.0, client_lr=0.01, ...)``); model: a
+    Model or a registered name. Each round samples ``clients_per_round`` clients (default:
+    all) uniformly without replacement (``sampling="fixed"``) or each client independently
+    with rate clients_per_round / num_clients (``"poisson"``); each does ``local_steps``
+    mini-batch steps (batches drawn with replacement) or ``local_epochs`` passes over its
+    own data (default 1 epoch). ``stragglers``: the fraction of sampled clients that do a
+    random 1..full-1 part of the work (FedProx paper). Evaluation every ``eval_every`` rounds
+    and always at the last. Callbacks get a RoundEvent after each round and may raise
+    StopTraining. Same seed, same History (up to the wall-time columns).
+    """
+    # ---- validate everything before any work ----
+    K = data.num_clients
+    _check_int("rounds", rounds, 1)
+    clients_per_round = K if clients_per_round is None else clients_per_round
+    _check_int("clients_per_round", clients_per_round, 1, K)
+    if local_steps is not None and local_epochs is not None:
+        raise ValueError("give local_steps or local_epochs, not both")
+    if local_steps is None and local_epochs is None:
+        local_epochs = 1
+    if local_steps is not None:
+        _check_int("local_steps", local_steps, 1)
+    else:
+        _check_int("local_epochs", local_epochs, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("eval_every", eval_every, 1)
+    _check_int("seed", seed, 0)
+    if sampling not in ("fixed", "poisson"):
+        raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
+    if not (isinstance(stragglers, (int, float)) and 0 <= stragglers < 1):
+        raise ValueError(f"stragglers must be a fraction in [0, 1), got {stragglers!r}")
+    if chunk_size != "auto":
+        _check_int("chunk_size", chunk_size, 1, clients_per_round)
+    data.validate()
+    strategy = resolve_strategy(strategy, strategy_options)
+    model = resolve_model(model, data, model_options)
+
+    k_init, k_run = jax.random.split(jax.random.key(seed))
+    params = model.init(k_init) if init_params is None else init_params
+    server_state = strategy.server_init(params)
+    one_state = strategy.client_state_init(params)
+    client_states = jax.tree.map(lambda s: jnp.broadcast_to(s, (K,) + jnp.shape(s)).copy(), one_state)
+
+    chunk = (engine.auto_chunk(clients_per_round, tree_nbytes(params) // 4) if chunk_size == "auto"
+             else chunk_size)
+    if sampling == "fixed":
+        slots = math.ceil(clients_per_round / chunk) * chunk
+    else:
+        slots = engine.poisson_slots(clients_per_round, K, chunk)
+    plan = engine.Plan(K, clients_per_round, slots, chunk, batch_size, local_steps, local_epochs,
+                       int(data.train_counts.max()), sampling, float(stragglers))
+    dev = engine.device_data(data)
+    round_fn = jax.jit(engine.make_round(plan, strategy, model), donate_argnums=(1,))
+    server_update = jax.jit(strategy.server_update)
+    up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
+    evaluate = Evaluator(model, data)
+    settings = dict(algorithm=strategy.name, model=model.name, dataset=data.name, rounds=rounds,
+                    clients=K, clients_per_round=clients_per_round, local_steps=local_steps,
+                    local_epochs=local_epochs, batch_size=batch_size, sampling=sampling,
+                    stragglers=stragglers, seed=seed, chunk_size=chunk, **strategy_options)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=rounds, desc=strategy.name, unit="round", leave=False)
+    rows, stopped, start = [], False, time.perf_counter()
+    try:
+        for r in range(1, rounds + 1):
+            t0 = time.perf_counter()
+            key = jax.random.fold_in(k_run, r)
+            k_sample, k_round = jax.random.split(key)
+            ids, valid = engine.sample_clients(plan, k_sample)
+            out = round_fn(server_state, client_states, dev, ids, valid, k_round)
+            if out.pending is not None:
+                out = engine.finish_on_host(strategy, server_update, out)
+            server_state, client_states = jax.block_until_ready((out.server_state, out.client_states))
+            seconds = time.perf_counter() - t0
+            metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+            participants = metrics.pop("participants")
+            row = {"round": r, "clients": int(valid.sum()), "participants": int(participants),
+                   "local_loss": metrics.pop("local_loss")}
+            if r % eval_every == 0 or r == rounds:
+                row.update(evaluate(server_state.params))
+            row.update(metrics)
+            if strategy.report is not None:
+                row.update(strategy.report(r))
+            row.update(bytes_up=int(participants) * up_bytes, bytes_down=int(valid.sum()) * down_bytes,
+                       seconds=seconds, elapsed=time.perf_counter() - start)
+            rows.append(row)
+            if bar is not None:
+                bar.update(1)
+                if "test_accuracy" in row:
+                    bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", refresh=False)
+            try:
+                event = RoundEvent(r, rounds, row, row["elapsed"], server_state.params)
+                for callback in callbacks:
+                    callback(event)
+            except StopTraining:
+                stopped = True
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    table = pd.DataFrame(rows)
+    first = [c for c in _COLUMNS if c in table or (c == "test_accuracy" and model.num_classes > 0)]
+    last = ["bytes_up", "bytes_down", "seconds", "elapsed"]
+    history = History(table.reindex(columns=first + [c for c in table if c not in first + last] + last))
+    history.params, history.settings, history.stopped = server_state.params, settings, stopped
+    return history

@@ -1,0 +1,77 @@
+"""Plotly charts of one or more Histories, and a self-contained HTML report of them."""
+from __future__ import annotations
+
+import html
+from typing import Mapping
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+
+def _as_runs(histories) -> dict[str, pd.DataFrame]:
+    if isinstance(histories, pd.DataFrame):
+        return {getattr(histories, "settings", {}).get("algorithm", "run"): histories}
+    return dict(histories)
+
+
+def convergence_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Test accuracy, losses, per-client accuracy spread and megabytes sent vs round, one colour
+    per run (only the panels whose columns exist are drawn)."""
+    runs = _as_runs(histories)
+    panels = [("test_accuracy", "test accuracy"), ("train_loss", "train loss"),
+              ("client_acc_p50", "client accuracy (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)")]
+    if any("epsilon" in h for h in runs.values()):
+        panels.append(("epsilon", "privacy spent (epsilon)"))
+    panels = [p for p in panels if any(p[0] in h and h[p[0]].notna().any() for h in runs.values())]
+    cols = 2
+    rows = max(1, -(-len(panels) // cols))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in panels])
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+    for i, (name, h) in enumerate(runs.items()):
+        color = palette[i % len(palette)]
+        for j, (col, _) in enumerate(panels):
+            if col not in h:
+                continue
+            r, c = j // cols + 1, j % cols + 1
+            d = h[["round", *[x for x in (col, "client_acc_p10", "client_acc_p90") if x in h]]].dropna()
+            y = d[col]
+            if col == "bytes_up":
+                d = h[["round", "bytes_up", "bytes_down"]]
+                y = (d["bytes_up"] + d["bytes_down"]).cumsum() / 1e6
+            if col == "client_acc_p50" and "client_acc_p10" in d:
+                fig.add_trace(go.Scatter(x=list(d["round"]) + list(d["round"])[::-1],
+                                         y=list(d["client_acc_p90"]) + list(d["client_acc_p10"])[::-1],
+                                         fill="toself", fillcolor=color, opacity=0.15, line_width=0,
+                                         showlegend=False, hoverinfo="skip", legendgroup=name), row=r, col=c)
+            fig.add_trace(go.Scatter(x=d["round"], y=y, mode="lines", name=name, line_color=color,
+                                     legendgroup=name, showlegend=j == 0), row=r, col=c)
+    fig.update_xaxes(title_text="round")
+    fig.update_layout(height=330 * rows, margin=dict(l=50, r=20, t=60, b=40), template="plotly_white")
+    return fig
+
+
+def write_report(histories, path, title: str = "fedlab run") -> None:
+    """Write a self-contained HTML file (plotly.js embedded, no network needed): the charts,
+    each run's settings, and its final metrics."""
+    runs = _as_runs(histories)
+    fig = convergence_figure(runs).to_html(full_html=False, include_plotlyjs=True)
+    summary = pd.DataFrame({name: {**getattr(h, "settings", {}), **final_metrics(h)} for name, h in runs.items()})
+    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}</style></head><body>"
+           f"<h1>{html.escape(title)}</h1>{fig}<h2>Runs</h2>{summary.to_html(na_rep='')}</body></html>")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(doc)
+
+
+def final_metrics(history: pd.DataFrame) -> dict:
+    """The last evaluated value of each metric, total MB and seconds of a run."""
+    out = {"rounds_done": int(history["round"].iloc[-1]) if len(history) else 0}
+    for col in ("test_accuracy", "test_balanced_accuracy", "test_loss", "train_loss", "client_acc_std", "epsilon"):
+        if col in history and history[col].notna().any():
+            out[col] = float(history[col].dropna().iloc[-1])
+    if len(history):
+        out["MB_sent"] = float((history["bytes_up"] + history["bytes_down"]).sum() / 1e6)
+        out["train_seconds"] = float(history["seconds"].sum())
+    return out
