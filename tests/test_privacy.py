@@ -167,7 +167,7 @@ def test_dp_noise_std_is_z_c_over_m():
     z, clip, m, d = 1.3, 0.7, 8, 40_000
     s = dp(fedavg(), clip=clip, clients_per_round=m, num_clients=80, noise_multiplier=z)
     state = s.server_init({"w": jnp.zeros(d)})
-    zeros = DPUpdate({"w": jnp.zeros((m, d))}, jnp.zeros(m))
+    zeros = DPUpdate({"w": jnp.zeros((m, d))}, jnp.zeros(m), jnp.ones(m))
     agg, _ = s.aggregate(zeros, jnp.ones(m), jax.random.key(3))
     delta = np.asarray(s.server_update(state, agg).params["w"])
     # the sample std of d normals has relative standard error 1/sqrt(2d); allow 5 of them
@@ -178,7 +178,7 @@ def test_dp_noise_std_is_z_c_over_m():
 def test_dp_aggregate_ignores_zero_weight_slots():
     s = dp(fedavg(), clip=1.0, clients_per_round=4, num_clients=40, noise_multiplier=0.0)
     scaled = {"w": jnp.array([[1.0, 0.0], [0.0, 1.0], [jnp.nan, 1e9], [1.0, 1.0]])}
-    agg, _ = s.aggregate(DPUpdate(scaled, jnp.ones(4)), jnp.array([1.0, 2.0, 0.0, 1.0]), jax.random.key(0))
+    agg, _ = s.aggregate(DPUpdate(scaled, jnp.ones(4), jnp.ones(4)), jnp.array([1.0, 2.0, 0.0, 1.0]), jax.random.key(0))
     np.testing.assert_allclose(agg.scaled["w"], [2 / 4, 2 / 4])
 
 
@@ -204,7 +204,7 @@ def test_adaptive_clipping_update_noise_accounts_for_count_noise():
     z, sigma_b, m, d = 1.0, 1.0, 20, 40_000
     s = dp(fedavg(), clip=1.0, clients_per_round=m, num_clients=200, noise_multiplier=z,
            adaptive_clipping=True, count_noise_stddev=sigma_b)
-    agg, metrics = s.aggregate(DPUpdate({"w": jnp.zeros((m, d))}, jnp.zeros(m)), jnp.ones(m), jax.random.key(5))
+    agg, metrics = s.aggregate(DPUpdate({"w": jnp.zeros((m, d))}, jnp.zeros(m), jnp.ones(m)), jnp.ones(m), jax.random.key(5))
     z_update = (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
     got = float(np.asarray(agg.scaled["w"]).std()) * m
     assert abs(got / z_update - 1) < 5 / math.sqrt(2 * d)

@@ -5,20 +5,16 @@ membership and 1.0 for one that memorised its training set.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from fedlab.core.types import Batch, Model, Params
+from fedlab.core.types import Model, Params
 
 
 def example_losses(model: Model, params: Params, x, y) -> np.ndarray:
-    """Per-example loss of ``model`` (its own ``loss``). x: [examples, *input_shape]; y: [examples]."""
-    def one(xi, yi):
-        return model.loss(params, Batch(xi[None], yi[None], jnp.ones(1)))
-
-    return np.asarray(jax.vmap(one)(jnp.asarray(x), jnp.asarray(y)))
+    """[examples] loss of ``model`` on each example. x: [examples, *input_shape]; y: [examples]."""
+    return np.asarray(model.example_losses(params, jnp.asarray(x), jnp.asarray(y)))
 
 
 def attack_from_losses(member_losses, nonmember_losses) -> dict:

@@ -53,10 +53,12 @@ class DPLocalState(NamedTuple):
 
 class DPUpdate(NamedTuple):
     """What a DP client sends. scaled: update * min(1, C / ||update||) / C (norm <= 1);
-    unclipped: 1.0 if ||update|| <= C else 0.0 (used by adaptive clipping)."""
+    unclipped: 1.0 if ||update|| <= C else 0.0 (used by adaptive clipping); clip: the C it used
+    (public: the server broadcast it), so the round's metrics can report it."""
 
     scaled: Any
     unclipped: jax.Array
+    clip: jax.Array
 
 
 def clip_by_global_norm(tree, clip):
@@ -153,9 +155,9 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
         out, client_state = strategy.client_final(local.inner, client_state, info)
         clipped, norm = clip_by_global_norm(out.update, local.clip)
         update = DPUpdate(optax.tree_utils.tree_scale(1.0 / local.clip, clipped),
-                          (norm <= local.clip).astype(jnp.float32))
+                          (norm <= local.clip).astype(jnp.float32), local.clip)
         weight = (out.weight > 0).astype(jnp.float32)
-        return ClientOutput(update, weight, {**out.metrics, "clip": local.clip}), client_state
+        return ClientOutput(update, weight, out.metrics), client_state
 
     def aggregate(updates, weights, key):
         take = weights > 0
@@ -164,12 +166,12 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
         key_update, key_count = jax.random.split(key)
         noised = optax.tree_utils.tree_add(summed.scaled, gaussian_like(key_update, summed.scaled, z_update))
         mean = optax.tree_utils.tree_scale(1.0 / m, noised)
-        metrics = {}
+        metrics = {"clip": jnp.max(jnp.where(take, updates.clip, 0.0))}
         unclipped = summed.unclipped
         if adaptive_clipping:
             unclipped = (unclipped + sigma_b * jax.random.normal(key_count)) / m
             metrics["unclipped_fraction"] = unclipped
-        return DPUpdate(mean, unclipped), metrics
+        return DPUpdate(mean, unclipped, metrics["clip"]), metrics
 
     def server_update(state, agg):
         inner = strategy.server_update(state.inner, optax.tree_utils.tree_scale(state.clip, agg.scaled))
