@@ -399,3 +399,67 @@ def test_example_losses_are_per_example_cross_entropy():
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     np.testing.assert_allclose(attacks.example_losses(MODEL, params, x, y), -log_softmax[np.arange(10), y],
                                rtol=1e-5)
+
+
+# ---------------------------------------------------------------- end to end with the engine
+
+import pandas as pd  # noqa: E402
+
+import fedlab  # noqa: E402
+from fedlab.cli import main as cli_main  # noqa: E402
+from fedlab.privacy.paillier import encrypted  # noqa: E402
+from fedlab.privacy.secagg import secure  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fed_data():
+    return fedlab.data.load_federated("synthetic:1,1", num_clients=12, seed=0)
+
+
+@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+def test_dp_run_history_epsilon_equals_dp_accounting(fed_data, sampling):
+    z, m, rounds = 1.2, 4, 3
+    s = dp(fedavg(client_lr=0.05), clip=0.5, clients_per_round=m, num_clients=12, sampling=sampling,
+           noise_multiplier=z)
+    h = fedlab.simulate(s, "logreg", fed_data, rounds=rounds, clients_per_round=m, sampling=sampling,
+                        local_steps=2, progress=False)
+    for r, eps in zip(h["round"], h["epsilon"]):
+        if sampling == "poisson":
+            acc = rdp.RdpAccountant()
+            event = dp_accounting.PoissonSampledDpEvent(m / 12, dp_accounting.GaussianDpEvent(z))
+        else:
+            acc = rdp.RdpAccountant(neighboring_relation=REL.REPLACE_ONE)
+            event = dp_accounting.SampledWithoutReplacementDpEvent(12, m, dp_accounting.GaussianDpEvent(z / 2))
+        acc.compose(event, int(r))
+        assert eps == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
+    assert (h["clip"] == 0.5).all() and np.isfinite(h["train_loss"]).all()
+
+
+@pytest.mark.parametrize("wrap", [lambda s: secure(s), lambda s: encrypted(s, keypair=KEYPAIR)])
+def test_secure_and_paillier_runs_match_plain_fedavg(fed_data, wrap):
+    kwargs = dict(rounds=2, clients_per_round=4, local_steps=2, progress=False, seed=3)
+    plain = fedlab.simulate(fedavg(client_lr=0.05), "logreg", fed_data, **kwargs)
+    private = fedlab.simulate(wrap(fedavg(client_lr=0.05)), "logreg", fed_data, **kwargs)
+    for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(private.params)):
+        np.testing.assert_allclose(a, b, atol=1e-5)    # fixed point 2^-16..2^-20 plus float32 sums
+    cost = "secagg_bytes" if "secagg_bytes" in private else "paillier_bytes"
+    assert (private[cost] > 0).all()
+
+
+def test_cli_dp_flags(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["run", "--dataset", "synthetic:1,1", "--clients", "12", "--rounds", "3", "--clients-per-round", "4",
+            "--local-steps", "2", "--no-progress", "--out", str(out)]
+    assert cli_main(args + ["--dp-epsilon", "5", "--dp-delta", "1e-5", "--dp-clip", "1.0"]) == 0
+    h = pd.read_csv(out / "history.csv")
+    z = h["noise_multiplier"].iloc[0]
+    assert z == pytest.approx(accounting.calibrate(5.0, 1e-5, 3, 4 / 12, sampling="fixed", num_clients=12))
+    assert h["epsilon"].iloc[-1] <= 5.0 and h["epsilon"].is_monotonic_increasing
+    assert cli_main(args + ["--sampling", "poisson", "--dp-noise-multiplier", "1.1", "--dp-clip", "1.0"]) == 0
+    h = pd.read_csv(out / "history.csv")
+    assert h["epsilon"].iloc[-1] == pytest.approx(_rdp_poisson(1.1, 4 / 12, 3, 1e-5), rel=1e-9)
+    capsys.readouterr()
+    assert cli_main(args + ["--dp-epsilon", "0", "--dp-clip", "1.0"]) == 2
+    assert "--dp-epsilon must be > 0" in capsys.readouterr().err
+    assert cli_main(args + ["--dp-noise-multiplier", "1", "--dp-clip", "-1"]) == 2
+    assert "--dp-clip must be > 0" in capsys.readouterr().err
