@@ -435,11 +435,18 @@ def test_dp_run_history_epsilon_equals_dp_accounting(fed_data, sampling):
     assert (h["clip"] == 0.5).all() and np.isfinite(h["train_loss"]).all()
 
 
+RUN = dict(rounds=2, clients_per_round=4, local_steps=2, progress=False, seed=3)
+
+
+@pytest.fixture(scope="module")
+def plain_run(fed_data):
+    return fedlab.simulate(fedavg(client_lr=0.05), "logreg", fed_data, **RUN)
+
+
 @pytest.mark.parametrize("wrap", [lambda s: secure(s), lambda s: encrypted(s, keypair=KEYPAIR)])
-def test_secure_and_paillier_runs_match_plain_fedavg(fed_data, wrap):
-    kwargs = dict(rounds=2, clients_per_round=4, local_steps=2, progress=False, seed=3)
-    plain = fedlab.simulate(fedavg(client_lr=0.05), "logreg", fed_data, **kwargs)
-    private = fedlab.simulate(wrap(fedavg(client_lr=0.05)), "logreg", fed_data, **kwargs)
+def test_secure_and_paillier_runs_match_plain_fedavg(fed_data, plain_run, wrap):
+    plain = plain_run
+    private = fedlab.simulate(wrap(fedavg(client_lr=0.05)), "logreg", fed_data, **RUN)
     for a, b in zip(jax.tree.leaves(plain.params), jax.tree.leaves(private.params)):
         np.testing.assert_allclose(a, b, atol=1e-5)    # fixed point 2^-16..2^-20 plus float32 sums
     cost = "secagg_bytes" if "secagg_bytes" in private else "paillier_bytes"
@@ -471,3 +478,11 @@ def test_privacy_notebook_runs():
 
     nb = execute_notebook("04_privacy.ipynb")
     assert not any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
+def test_epsilon_tracker_equals_composing_each_time():
+    for sampling in ("poisson", "fixed"):
+        spent = accounting.epsilon_tracker(0.9, 0.2, 1e-5, sampling=sampling, num_clients=20)
+        for r in (0, 1, 7, 40):
+            assert spent(r) == pytest.approx(
+                accounting.epsilon(0.9, 0.2, r, 1e-5, sampling=sampling, num_clients=20), rel=1e-12)

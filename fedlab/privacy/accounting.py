@@ -83,6 +83,38 @@ def _fresh_accountant(accountant: str, sampling: str):
     return rdp.RdpAccountant(neighboring_relation=relation)
 
 
+def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float, *, accountant: str = "rdp",
+                    sampling: str = "poisson", num_clients: int | None = None):
+    """A function rounds -> epsilon spent after that many rounds, for reporting round after round.
+
+    With RDP the one-round RDP curve is computed once and scaled by the rounds (as dp_accounting
+    composes a ``SelfComposedDpEvent``), so each call is cheap; PLD composes afresh each call.
+    """
+    check_noise(noise_multiplier)
+    check_delta(delta)
+    _check(sampling_rate, 1, accountant, sampling, num_clients)
+    one_round = None
+    if accountant == "rdp" and noise_multiplier > 0:
+        acc = _fresh_accountant(accountant, sampling)
+        acc.compose(dp_event(noise_multiplier, sampling_rate, 1, sampling=sampling, num_clients=num_clients))
+        one_round = acc.rdp
+
+    def spent(rounds: int) -> float:
+        if not (isinstance(rounds, int) and rounds >= 0):
+            raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
+        if rounds == 0:
+            return 0.0
+        if noise_multiplier == 0:
+            return math.inf
+        if one_round is not None:
+            return float(rdp.compute_epsilon(acc.orders, rounds * one_round, delta)[0])
+        fresh = _fresh_accountant(accountant, sampling)
+        fresh.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling, num_clients=num_clients))
+        return float(fresh.get_epsilon(delta))
+
+    return spent
+
+
 def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: float, *,
             accountant: str = "rdp", sampling: str = "poisson", num_clients: int | None = None) -> float:
     """Epsilon spent after ``rounds`` rounds at ``delta`` (``inf`` for noise_multiplier 0).

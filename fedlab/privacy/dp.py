@@ -180,11 +180,11 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
             clip_next = state.clip * jnp.exp(-clip_lr * (agg.unclipped - target_quantile))
         return DPServerState(inner, clip_next)
 
-    @functools.lru_cache(maxsize=None)
+    spent = accounting.epsilon_tracker(z, sampling_rate, delta, accountant=accountant, sampling=sampling,
+                                       num_clients=num_clients)
+
     def report(rounds_done):
-        eps = accounting.epsilon(z, sampling_rate, int(rounds_done), delta, accountant=accountant,
-                                 sampling=sampling, num_clients=num_clients)
-        return {"epsilon": eps, "noise_multiplier": z}
+        return {"epsilon": spent(int(rounds_done)), "noise_multiplier": z}
 
     return Strategy(f"dp({strategy.name})", server_init, client_init, client_step, client_final,
                     server_update, broadcast, client_state_init, aggregate, report)
