@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import math
 
-import dp_accounting
-from dp_accounting import pld, rdp
-
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
-NeighborRel = dp_accounting.privacy_accountant.NeighboringRelation
+# dp_accounting is imported where it is used: it takes seconds to import, and ``import fedlab``
+# (the CLI, the notebooks) should not pay that unless it accounts privacy.
 
 
 def check_delta(delta: float) -> None:
@@ -44,7 +42,7 @@ def check_noise(noise_multiplier: float) -> None:
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
 
 
-def _check(sampling_rate, rounds, accountant, sampling, num_clients):
+def check_sampling(sampling_rate, rounds, accountant, sampling, num_clients):
     if not 0 < sampling_rate <= 1:
         raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
     if not (isinstance(rounds, int) and rounds >= 0):
@@ -65,8 +63,10 @@ def _check(sampling_rate, rounds, accountant, sampling, num_clients):
 
 
 def dp_event(noise_multiplier: float, sampling_rate: float, rounds: int, *, sampling: str = "poisson",
-             num_clients: int | None = None) -> dp_accounting.DpEvent:
-    """The ``DpEvent`` of ``rounds`` rounds of DP-FedAvg (see the module docstring)."""
+             num_clients: int | None = None):
+    """The ``dp_accounting.DpEvent`` of ``rounds`` rounds of DP-FedAvg (see the module docstring)."""
+    import dp_accounting
+
     if sampling == "poisson":
         one_round = dp_accounting.PoissonSampledDpEvent(
             sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
@@ -77,6 +77,9 @@ def dp_event(noise_multiplier: float, sampling_rate: float, rounds: int, *, samp
 
 
 def _fresh_accountant(accountant: str, sampling: str):
+    from dp_accounting import pld, rdp
+    from dp_accounting.privacy_accountant import NeighboringRelation as NeighborRel
+
     if accountant == "pld":
         return pld.PLDAccountant(NeighborRel.ADD_OR_REMOVE_ONE)
     relation = NeighborRel.ADD_OR_REMOVE_ONE if sampling == "poisson" else NeighborRel.REPLACE_ONE
@@ -92,7 +95,7 @@ def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float,
     """
     check_noise(noise_multiplier)
     check_delta(delta)
-    _check(sampling_rate, 1, accountant, sampling, num_clients)
+    check_sampling(sampling_rate, 1, accountant, sampling, num_clients)
     one_round = None
     if accountant == "rdp" and noise_multiplier > 0:
         acc = _fresh_accountant(accountant, sampling)
@@ -107,6 +110,8 @@ def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float,
         if noise_multiplier == 0:
             return math.inf
         if one_round is not None:
+            from dp_accounting import rdp
+
             return float(rdp.compute_epsilon(acc.orders, rounds * one_round, delta)[0])
         fresh = _fresh_accountant(accountant, sampling)
         fresh.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling, num_clients=num_clients))
@@ -123,7 +128,7 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     """
     check_noise(noise_multiplier)
     check_delta(delta)
-    _check(sampling_rate, rounds, accountant, sampling, num_clients)
+    check_sampling(sampling_rate, rounds, accountant, sampling, num_clients)
     if rounds == 0:
         return 0.0
     if noise_multiplier == 0:
@@ -142,9 +147,11 @@ def calibrate(target_epsilon: float, delta: float, rounds: int, sampling_rate: f
     """
     check_epsilon(target_epsilon)
     check_delta(delta)
-    _check(sampling_rate, rounds, accountant, sampling, num_clients)
+    check_sampling(sampling_rate, rounds, accountant, sampling, num_clients)
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1 to calibrate, got {rounds}")
+    import dp_accounting
+
     def calibrate_with(acc_name, bracket):
         return float(dp_accounting.calibrate_dp_mechanism(
             lambda: _fresh_accountant(acc_name, sampling),

@@ -115,7 +115,7 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
         raise ValueError(f"target_quantile must be in (0, 1), got {target_quantile}")
     if not clip_lr > 0:
         raise ValueError(f"clip_lr must be > 0, got {clip_lr}")
-    accounting._check(sampling_rate, rounds or 1, accountant, sampling, num_clients)
+    accounting.check_sampling(sampling_rate, rounds or 1, accountant, sampling, num_clients)
     if target_epsilon is not None:
         if rounds is None:
             raise ValueError("rounds is required with target_epsilon (the budget is for the whole run)")
@@ -214,8 +214,11 @@ def local_dp(strategy: Strategy, *, clip: float, noise_multiplier: float, delta:
             return {"epsilon": 0.0}
         if z == 0:
             return {"epsilon": math.inf}
-        acc = accounting.rdp.RdpAccountant()
-        acc.compose(accounting.dp_accounting.GaussianDpEvent(z / 2), int(rounds_done))
+        import dp_accounting
+        from dp_accounting import rdp
+
+        acc = rdp.RdpAccountant()
+        acc.compose(dp_accounting.GaussianDpEvent(z / 2), int(rounds_done))
         return {"epsilon": float(acc.get_epsilon(delta))}
 
     return strategy._replace(name=f"local_dp({strategy.name})", client_final=client_final, report=report)
