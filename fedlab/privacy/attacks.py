@@ -19,8 +19,11 @@ def example_losses(model: Model, params: Params, x, y) -> np.ndarray:
 
 def attack_from_losses(member_losses, nonmember_losses) -> dict:
     """Loss-threshold attack scores: ``auc`` (sklearn's roc_auc_score with score -loss) and
-    ``advantage`` = max over thresholds of TPR - FPR."""
-    member_losses, nonmember_losses = np.ravel(member_losses), np.ravel(nonmember_losses)
+    ``advantage`` = max over thresholds of TPR - FPR. Non-finite losses (a diverged model) count
+    as the largest loss."""
+    big = np.finfo(np.float64).max
+    member_losses, nonmember_losses = (np.nan_to_num(np.ravel(np.asarray(v, np.float64)), nan=big, posinf=big)
+                                       for v in (member_losses, nonmember_losses))
     if len(member_losses) == 0 or len(nonmember_losses) == 0:
         raise ValueError("members and nonmembers must both be non-empty")
     labels = np.r_[np.ones(len(member_losses)), np.zeros(len(nonmember_losses))]
