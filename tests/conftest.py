@@ -20,7 +20,7 @@ def execute_notebook(name: str, timeout: int = 600):
     old = os.environ.get("FEDLAB_SMOKE")
     os.environ["FEDLAB_SMOKE"] = "1"
     try:
-        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
                                 resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     finally:
         if old is None:

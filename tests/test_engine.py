@@ -35,7 +35,7 @@ def run(strategy, data, model="logreg", **kw):
 
 def test_fedavg_one_round_equals_the_formula_by_hand():
     data = toy_data()
-    lr, K, d, c = 0.5, data.num_clients, data.num_features, data.num_classes
+    lr, K, c = 0.5, data.num_clients, data.num_classes
     # batch_size >= every n_k and 1 epoch: each client does exactly one full-batch gradient step.
     h = fedlab.simulate("fedavg", "logreg", data, rounds=1, local_epochs=1, batch_size=64,
                         client_lr=lr, progress=False)
@@ -71,7 +71,7 @@ def test_vmapped_round_equals_a_python_loop_over_clients():
             for _ in range(3):
                 g = grad(wk, batch)
                 wk = jax.tree.map(lambda p, gp, p0: p - lr * (gp + mu * (p - p0)), wk, g, w)
-            total = jax.tree.map(lambda t, p: t + len(y) * p, total, wk)
+            total = optax.tree_utils.tree_add_scale(total, len(y), wk)
         w = jax.tree.map(lambda t: t / data.train_counts.sum(), total)
     for a, b in zip(jax.tree.leaves(h.params), jax.tree.leaves(w)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
@@ -179,7 +179,7 @@ def test_training_learns_a_separable_problem():
     rng = np.random.default_rng(0)
     W = rng.normal(size=(10, 4))
     parts = []
-    for k in range(8):
+    for _ in range(8):
         x = rng.normal(size=(60, 10)).astype(np.float32)
         parts.append((x, np.argmax(x @ W, 1)))
     data = fedlab.FederatedDataset.from_clients("sep", [(x[:50], y[:50]) for x, y in parts],

@@ -12,7 +12,7 @@ import pandas as pd
 
 from fedlab.core import engine
 from fedlab.core.registry import ALGORITHMS, MODELS
-from fedlab.core.types import Model, Strategy, is_host_aggregator, tree_nbytes
+from fedlab.core.types import Model, Strategy, tree_nbytes
 
 
 class StopTraining(Exception):

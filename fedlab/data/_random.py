@@ -3,9 +3,9 @@
 Every random choice in fedlab.data comes from a ``jax.random`` key, so the same key gives
 the same partition on every machine. Eager jax compiles one program per array shape (about
 a quarter of a second each on a small CPU), and data preparation draws arrays of many
-shapes, so the raw bits are drawn at a few bucketed sizes (powers of two) and transformed
-in numpy: uniforms from 53 random bits, normals by Box-Muller, and log-gamma variates (for
-Dirichlet draws) from ``jax.random.loggamma`` at a bucketed shape.
+shapes, so the raw draws come in chunks of one fixed shape (one compile, ever) and are
+transformed in numpy: uniforms from 53 random bits, normals by Box-Muller, and log-gamma
+variates (for Dirichlet draws) from ``jax.random.loggamma``.
 """
 from __future__ import annotations
 
@@ -26,15 +26,23 @@ def subkey(key, stage: int) -> jax.Array:
     return jax.random.fold_in(as_key(key), stage)
 
 
-def _bucket(n: int) -> int:
-    return max(256, 1 << max(int(n) - 1, 0).bit_length())
+CHUNK = 1 << 18   # values per compiled draw; larger draws concatenate chunks
+
+
+GAMMA_CHUNK = 1 << 12  # log-gamma draws are costlier and needed only per class x client
+
+
+def _chunks(key, n: int, draw, chunk: int = CHUNK) -> np.ndarray:
+    """Concatenate ``draw(chunk_key)`` (``chunk`` values each, last axis) up to n values."""
+    parts = [np.asarray(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
+    return np.concatenate(parts, axis=-1)[..., :n]
 
 
 def uniform(key, n: int) -> np.ndarray:
     """[n] float64 uniforms on the open interval (0, 1), 53 random bits each."""
     if n == 0:
         return np.zeros(0)
-    bits = np.asarray(jax.random.bits(as_key(key), (2, _bucket(n)), jnp.uint32))[:, :n]
+    bits = _chunks(as_key(key), n, lambda k: jax.random.bits(k, (2, CHUNK), jnp.uint32))
     hi = (bits[0] >> np.uint32(5)).astype(np.float64)   # 27 bits
     lo = (bits[1] >> np.uint32(6)).astype(np.float64)   # 26 bits
     return (hi * 2.0**26 + lo + 0.5) / 2.0**53
@@ -46,20 +54,20 @@ def permutation(key, n: int) -> np.ndarray:
 
 
 def normal(key, shape) -> np.ndarray:
-    """float64 standard normals of the given shape (Box-Muller on two uniform draws)."""
+    """float64 standard normals of the given shape (Box-Muller, both outputs of each pair)."""
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
     n = int(np.prod(shape))
-    u = uniform(subkey(key, 0), n)
-    v = uniform(subkey(key, 1), n)
-    return (np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * v)).reshape(shape)
+    half = (n + 1) // 2
+    radius = np.sqrt(-2.0 * np.log(uniform(subkey(key, 0), half)))
+    angle = 2.0 * np.pi * uniform(subkey(key, 1), half)
+    return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:n].reshape(shape)
 
 
 def dirichlet(key, alpha: float, rows: int, dim: int) -> np.ndarray:
     """[rows, dim] float64, each row ~ Dirichlet(alpha * ones(dim)); stable for tiny alpha."""
-    n = rows * dim
-    size = _bucket(n)
-    logg = jax.random.loggamma(as_key(key), jnp.full((size,), alpha, jnp.float32))
-    logg = np.asarray(logg, np.float64)[:n].reshape(rows, dim)
+    alphas = jnp.full((GAMMA_CHUNK,), alpha, jnp.float32)
+    logg = _chunks(as_key(key), rows * dim, lambda k: jax.random.loggamma(k, alphas), GAMMA_CHUNK)
+    logg = logg.astype(np.float64).reshape(rows, dim)
     logg -= logg.max(axis=1, keepdims=True)
     p = np.exp(logg)
     return p / p.sum(axis=1, keepdims=True)

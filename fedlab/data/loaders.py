@@ -13,6 +13,7 @@ nothing is downloaded. Data cards: ``datasets/*.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -38,16 +39,19 @@ def _missing(columns, available, param: str) -> None:
 
 def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: str | None = None,
                    *, categorical=(), log_columns=(), task: str = "auto", impute: bool = True,
-                   balance: bool = False, name: str = "dataframe") -> CentralDataset:
+                   balance: bool = False, max_levels: int = 200,
+                   name: str = "dataframe") -> CentralDataset:
     """Encode a table as a CentralDataset (then ``federate`` it, or use ``load_federated``).
 
     target: the label column; features: the feature columns (default: every other column
     except ``client_column``); client_column: a column whose values are the natural clients;
     categorical: columns to one-hot even though numeric; log_columns: heavy-tailed columns
     passed through sign(v) * log1p(|v|) before standardising; task: 'classification',
-    'regression' or 'auto' (classification unless the target is float, or integer with more
-    than 50 values); impute: fill missing features (else they raise); balance: weigh each
-    training example by N / (classes * count of its class).
+    'regression' or 'auto' (regression for a numeric target with fractional values or more
+    than 50 distinct values, else classification); impute: fill missing features (else they raise); balance: weigh each
+    training example by N / (classes * count of its class); max_levels: most distinct
+    values a categorical feature may have (an ID or free-text column would explode the
+    one-hot encoding).
     """
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
@@ -76,8 +80,8 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
                          "drop or fill those rows first")
     if task == "auto":
         numeric = pd.api.types.is_numeric_dtype(y_raw) and not pd.api.types.is_bool_dtype(y_raw)
-        task = ("regression" if numeric and (pd.api.types.is_float_dtype(y_raw)
-                                             or y_raw.nunique() > MAX_CLASSES_AUTO)
+        integral = numeric and bool(np.all(np.mod(y_raw.to_numpy(np.float64), 1) == 0))
+        task = ("regression" if numeric and (not integral or y_raw.nunique() > MAX_CLASSES_AUTO)
                 else "classification")
     if task == "classification":
         codes, classes = pd.factorize(y_raw, sort=True)
@@ -97,6 +101,13 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
               or pd.api.types.is_bool_dtype(x_df[c]) for c in features]
     num_cols = [c for c, cat in zip(features, is_cat) if not cat]
     cat_cols = [c for c, cat in zip(features, is_cat) if cat]
+    for c in cat_cols:
+        if pd.api.types.is_datetime64_any_dtype(x_df[c]):
+            raise ValueError(f"features: column {c!r} holds dates; convert it to numbers first")
+        levels = x_df[c].nunique()
+        if levels > max_levels:
+            raise ValueError(f"features: categorical column {c!r} has {levels} distinct values "
+                             f"(max_levels={max_levels}); drop it from features or encode it first")
     na = x_df.isna().sum()
     if not impute and na.any():
         bad = na[na > 0]
@@ -104,7 +115,7 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
                          "or fill them first")
     parts, names = [], []
     if num_cols:
-        num = x_df[num_cols].to_numpy(np.float64, copy=True)
+        num = x_df[num_cols].to_numpy(np.float64, copy=True, na_value=np.nan)
         if np.isinf(num).any():
             bad = [c for c, b in zip(num_cols, np.isinf(num).any(0)) if b]
             raise ValueError(f"df: columns {bad} have infinite values")
@@ -164,7 +175,7 @@ def _rdataset(package: str, item: str) -> pd.DataFrame:
 
 # ---- registered datasets ---------------------------------------------------------------------
 @register_dataset("synthetic")
-def synthetic(key, num_clients: int | None = None, *, alpha: float = 1.0,
+def synthetic(key, num_clients: int | None, *, alpha: float = 1.0,
               beta: float = 1.0) -> CentralDataset:
     """FedProx Synthetic(alpha, beta): 60 features, 10 classes, 30 natural clients by default."""
     draw = generate_synthetic(key, 30 if num_clients is None else num_clients, alpha, beta)
@@ -174,7 +185,7 @@ def synthetic(key, num_clients: int | None = None, *, alpha: float = 1.0,
 
 
 @register_dataset("synthetic_iid")
-def synthetic_iid(key, num_clients: int | None = None) -> CentralDataset:
+def synthetic_iid(key, num_clients: int | None) -> CentralDataset:
     """FedProx Synthetic-IID: one shared model, identically distributed features."""
     draw = generate_synthetic(key, 30 if num_clients is None else num_clients, iid=True)
     return CentralDataset("synthetic_iid", draw.x, draw.y, 10,
@@ -183,7 +194,7 @@ def synthetic_iid(key, num_clients: int | None = None) -> CentralDataset:
 
 
 @register_dataset("digits")
-def digits(key=None, num_clients: int | None = None) -> CentralDataset:
+def digits(key, num_clients: int | None) -> CentralDataset:
     """scikit-learn's handwritten digits: 1,797 images of 8x8x1 in [0, 1], 10 classes."""
     from sklearn.datasets import load_digits
 
@@ -199,7 +210,7 @@ LENDING_LOG_COLUMNS = ("funded_amnt", "annual_inc", "total_bal_il", "total_il_hi
 
 
 @register_dataset("lending_club")
-def lending_club(key=None, num_clients: int | None = None, *, balance: bool = True) -> CentralDataset:
+def lending_club(key, num_clients: int | None, *, balance: bool = True) -> CentralDataset:
     """Lending Club loans, Q1 2016 (risk control): target Class (bad/good), clients = state."""
     df = _rdataset("modeldata", "lending_club").drop(columns="rownames")
     return from_dataframe(df, "Class", client_column="addr_state", log_columns=LENDING_LOG_COLUMNS,
@@ -213,23 +224,17 @@ CARAVAN_MAIN_TYPES = ("Successful hedonists", "Driven Growers", "Average Family"
 
 
 @register_dataset("caravan")
-def caravan(key=None, num_clients: int | None = None, *, balance: bool = True) -> CentralDataset:
+def caravan(key, num_clients: int | None, *, balance: bool = True) -> CentralDataset:
     """Caravan insurance (precision marketing): target Purchase, clients = customer main type."""
     df = _rdataset("ISLR", "Caravan").drop(columns="rownames")
     central = from_dataframe(df, "Purchase", client_column="MOSHOOFD", categorical=("MOSTYPE",),
                              balance=balance, name="caravan")
     names = tuple(f"{c} {CARAVAN_MAIN_TYPES[int(c) - 1]}" for c in central.client_names)
-    return _replace(central, client_names=names)
-
-
-def _replace(central: CentralDataset, **changes) -> CentralDataset:
-    import dataclasses
-
-    return dataclasses.replace(central, **changes)
+    return dataclasses.replace(central, client_names=names)
 
 
 @register_dataset("csv")
-def csv(key=None, num_clients: int | None = None, *, path: str = "",
+def csv(key, num_clients: int | None, *, path: str = "",
         target: str | None = None) -> CentralDataset:
     """A CSV file of your own: csv:PATH with a target column (partition it with column:COL)."""
     if not path:
@@ -242,7 +247,7 @@ def csv(key=None, num_clients: int | None = None, *, path: str = "",
 
 
 @register_dataset("npz")
-def npz(key=None, num_clients: int | None = None, *, path: str = "") -> FederatedDataset:
+def npz(key, num_clients: int | None, *, path: str = "") -> FederatedDataset:
     """An already federated .npz (X_train, y_train, train_offsets, X_test, y_test, test_offsets)."""
     if not path:
         raise ValueError("dataset: npz needs a path, as in npz:PATH")

@@ -109,6 +109,11 @@ def _largest_remainder(total: int, shares: np.ndarray) -> np.ndarray:
     return counts
 
 
+def _shuffle_within(group: np.ndarray, key) -> np.ndarray:
+    """Row order that groups rows by ``group`` (ascending), in random order inside each group."""
+    return np.argsort(group + _random.uniform(key, len(group)), kind="stable")
+
+
 def _split_by_sizes(key, n: int, sizes: np.ndarray) -> tuple[np.ndarray, ...]:
     """A random permutation of range(n) cut into consecutive pieces of the given sizes."""
     perm = _random.permutation(key, n)
@@ -126,15 +131,15 @@ def _enforce_min_size(client_of_row: np.ndarray, num_clients: int, min_size: int
     deficit = np.maximum(min_size - sizes, 0)
     if deficit.sum() == 0:
         return client_of_row
-    u = _random.uniform(key, len(client_of_row))
-    order = np.lexsort((u, client_of_row))                       # rows grouped by client
+    order = _shuffle_within(client_of_row, key)
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order)) - np.repeat(_offsets(sizes)[:-1], sizes)
     spare = np.flatnonzero(rank >= min_size)
     donor_order = np.argsort(-sizes, kind="stable")
     donor_rank = np.empty(num_clients, np.int64)
     donor_rank[donor_order] = np.arange(num_clients)
-    spare = spare[np.lexsort((-rank[spare], donor_rank[client_of_row[spare]]))]
+    n = len(client_of_row)
+    spare = spare[np.argsort(donor_rank[client_of_row[spare]] * n + (n - rank[spare]), kind="stable")]
     moved = spare[:deficit.sum()]
     out = client_of_row.copy()
     out[moved] = np.repeat(np.arange(num_clients), deficit)
@@ -182,8 +187,7 @@ def partition_dirichlet(central: CentralDataset, num_clients: int, key, *, alpha
     min_size = _min_size(min_size, n, num_clients, "dirichlet")
     y = central.y
     props = _random.dirichlet(_random.subkey(key, 0), alpha, central.num_classes, num_clients)
-    u = _random.uniform(_random.subkey(key, 1), n)
-    order = np.lexsort((u, y))                                  # rows by class, random within
+    order = _shuffle_within(y, _random.subkey(key, 1))          # rows by class, random within
     class_sizes = np.bincount(y, minlength=central.num_classes)
     starts = _offsets(class_sizes)
     client_of_row = np.empty(n, np.int64)
@@ -224,8 +228,7 @@ def partition_shards(central: CentralDataset, num_clients: int, key, *,
         shards[c] -= 1
         room = np.where(shards < class_sizes, class_sizes / np.maximum(shards, 1), -1.0)
         shards[int(np.argmax(room))] += 1
-    u = _random.uniform(_random.subkey(key, 0), n)
-    order = np.lexsort((u, y))
+    order = _shuffle_within(y, _random.subkey(key, 0))
     starts = _offsets(class_sizes)
     rank = np.arange(n) - np.repeat(starts[:-1], class_sizes)  # rank of order[i] in its class
     y_sorted = y[order]
@@ -250,8 +253,11 @@ def _sized_partition(central, num_clients, key, shares_fn, min_size, name) -> Pa
 @register_partition("quantity")
 def partition_quantity(central: CentralDataset, num_clients: int, key, *, exponent: float = 1.5,
                        min_size: int = 10) -> Partition:
-    """Quantity skew by a power law: the client of size rank r holds min_size + c * r**-exponent
-    rows (ranks assigned to clients at random); labels stay IID."""
+    """Quantity skew by a power law; labels stay IID.
+
+    The client of size rank r holds min_size + c * r**-exponent rows (ranks given to clients
+    at random, c so that the sizes add up to N).
+    """
     exponent = _check_number(exponent, "partition: quantity exponent", 0, strict=False)
 
     def shares(k, m):
@@ -263,8 +269,10 @@ def partition_quantity(central: CentralDataset, num_clients: int, key, *, expone
 @register_partition("quantity_dirichlet")
 def partition_quantity_dirichlet(central: CentralDataset, num_clients: int, key, *,
                                  beta: float = 0.5, min_size: int = 10) -> Partition:
-    """Quantity skew by Dirichlet shares (NIID-Bench): sizes min_size + (N - ...) * q,
-    q ~ Dirichlet(beta * 1); labels stay IID."""
+    """Quantity skew by Dirichlet shares (NIID-Bench); labels stay IID.
+
+    Client k holds min_size + q_k * (N - num_clients * min_size) rows, q ~ Dirichlet(beta * 1).
+    """
     beta = _check_number(beta, "partition: quantity_dirichlet beta", 0, strict=True)
 
     def shares(k, m):
@@ -276,8 +284,11 @@ def partition_quantity_dirichlet(central: CentralDataset, num_clients: int, key,
 @register_partition("feature_shift")
 def partition_feature_shift(central: CentralDataset, num_clients: int, key, *,
                             sigma: float = 0.1) -> Partition:
-    """Feature skew by noise (NIID-Bench): an IID split, then client k adds Gaussian noise of
-    std sigma * k / (num_clients - 1) to its features (client 0 clean, the last one sigma)."""
+    """Feature skew by noise (NIID-Bench): an IID split, then per-client Gaussian feature noise.
+
+    Client k adds noise of std sigma * k / (num_clients - 1) to its features (train and
+    test): client 0 is clean, the last one gets std sigma.
+    """
     sigma = _check_number(sigma, "partition: feature_shift sigma", 0, strict=False)
     part = partition_iid(central, num_clients, key)
     k = len(part.client_indices)
@@ -358,8 +369,9 @@ def parse_spec(spec: str, registry, param: str, whole_rest: tuple[str, ...] = ()
         try:
             out[p.name] = _convert(v.strip(), p.default)
         except ValueError:
-            raise ValueError(f"{param}: {name} {p.name} must be a {type(p.default).__name__}, "
-                             f"got {v.strip()!r}") from None
+            kind = {bool: "0, 1, true or false", int: "an integer", float: "a number"}.get(
+                type(p.default), "a string")
+            raise ValueError(f"{param}: {name} {p.name} must be {kind}, got {v.strip()!r}") from None
     return entry, out
 
 
@@ -384,7 +396,7 @@ def federate(central: CentralDataset, partition_spec: str, num_clients: int | No
     rows = np.concatenate(part.client_indices)
     sizes = np.array([len(i) for i in part.client_indices], np.int64)
     client = np.repeat(np.arange(len(sizes)), sizes)
-    order = np.lexsort((_random.uniform(_random.subkey(key, 1), len(rows)), client))
+    order = _shuffle_within(client, _random.subkey(key, 1))
     rows, client = rows[order], client[order]                   # shuffled within each client
     rank = np.arange(len(rows)) - np.repeat(_offsets(sizes)[:-1], sizes)
     n_test = np.minimum(np.floor(sizes * test_fraction + 0.5).astype(np.int64), sizes - 1)
