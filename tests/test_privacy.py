@@ -140,12 +140,12 @@ def test_dp_clips_each_update_to_norm_c(inner):
     s = dp(inner, clip=clip, clients_per_round=4, num_clients=40, noise_multiplier=0.0)
     _, updates, weights, _ = _round(s, s.server_init(params), data, MODEL.loss, key)
     for k in range(4):
-        raw_k = jax.tree.map(lambda u: u[k], raw)
-        sent_k = jax.tree.map(lambda u: u[k] * clip, updates.scaled)   # clients send update / C
+        raw_k = jax.tree.map(lambda u, k=k: u[k], raw)
+        sent_k = jax.tree.map(lambda u, k=k: u[k] * clip, updates.scaled)   # clients send update / C
         norm = float(optax.tree_utils.tree_norm(raw_k))
         assert norm > clip                                               # the test does clip
         assert float(optax.tree_utils.tree_norm(sent_k)) <= clip * (1 + 1e-6)
-        expected = jax.tree.map(lambda u: u * clip / norm, raw_k)        # same direction, norm C
+        expected = jax.tree.map(lambda u, norm=norm: u * clip / norm, raw_k)        # same direction, norm C
         for a, b in zip(jax.tree.leaves(sent_k), jax.tree.leaves(expected)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
     np.testing.assert_array_equal(weights, np.ones(4))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-import jax
 import numpy as np
 from phe import paillier
 
