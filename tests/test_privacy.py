@@ -475,6 +475,7 @@ def test_cli_dp_flags(tmp_path, capsys):
     assert "--dp-clip must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_privacy_notebook_runs():
     from conftest import execute_notebook
 
