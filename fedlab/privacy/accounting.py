@@ -14,12 +14,32 @@ Both self-compose over the rounds. ``epsilon`` and ``calibrate`` are inverses of
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
 # dp_accounting is imported where it is used: it takes seconds to import, and ``import fedlab``
 # (the CLI, the notebooks) should not pay that unless it accounts privacy.
+
+
+class _DropNonConvergence(logging.Filter):
+    def filter(self, record):
+        return "failed to converge" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence dp_accounting's per-order "failed to converge ... excluding this order" warnings
+    (dozens per call at fractional RDP orders). Epsilon is the minimum over the orders left, so it
+    stays a valid bound; other warnings still show."""
+    logger, drop = logging.getLogger("absl"), _DropNonConvergence()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 def check_delta(delta: float) -> None:
@@ -99,7 +119,8 @@ def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float,
     one_round = None
     if accountant == "rdp" and noise_multiplier > 0:
         acc = _fresh_accountant(accountant, sampling)
-        acc.compose(dp_event(noise_multiplier, sampling_rate, 1, sampling=sampling, num_clients=num_clients))
+        with _quiet():
+            acc.compose(dp_event(noise_multiplier, sampling_rate, 1, sampling=sampling, num_clients=num_clients))
         one_round = acc.rdp
 
     def spent(rounds: int) -> float:
@@ -114,8 +135,10 @@ def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float,
 
             return float(rdp.compute_epsilon(acc.orders, rounds * one_round, delta)[0])
         fresh = _fresh_accountant(accountant, sampling)
-        fresh.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling, num_clients=num_clients))
-        return float(fresh.get_epsilon(delta))
+        with _quiet():
+            fresh.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling,
+                                   num_clients=num_clients))
+            return float(fresh.get_epsilon(delta))
 
     return spent
 
@@ -134,8 +157,9 @@ def epsilon(noise_multiplier: float, sampling_rate: float, rounds: int, delta: f
     if noise_multiplier == 0:
         return math.inf
     acc = _fresh_accountant(accountant, sampling)
-    acc.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling, num_clients=num_clients))
-    return float(acc.get_epsilon(delta))
+    with _quiet():
+        acc.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling, num_clients=num_clients))
+        return float(acc.get_epsilon(delta))
 
 
 def calibrate(target_epsilon: float, delta: float, rounds: int, sampling_rate: float, *,
@@ -153,10 +177,11 @@ def calibrate(target_epsilon: float, delta: float, rounds: int, sampling_rate: f
     import dp_accounting
 
     def calibrate_with(acc_name, bracket):
-        return float(dp_accounting.calibrate_dp_mechanism(
-            lambda: _fresh_accountant(acc_name, sampling),
-            lambda z: dp_event(z, sampling_rate, rounds, sampling=sampling, num_clients=num_clients),
-            target_epsilon, delta, bracket, tol=tol))
+        with _quiet():
+            return float(dp_accounting.calibrate_dp_mechanism(
+                lambda: _fresh_accountant(acc_name, sampling),
+                lambda z: dp_event(z, sampling_rate, rounds, sampling=sampling, num_clients=num_clients),
+                target_epsilon, delta, bracket, tol=tol))
 
     z_rdp = calibrate_with("rdp", dp_accounting.LowerEndpointAndGuess(0.01, 1.0))
     if accountant == "rdp":
