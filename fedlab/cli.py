@@ -11,6 +11,8 @@ import os
 import re
 import sys
 
+from fedlab.privacy import cli as privacy_cli
+
 #: library parameter -> command-line flag, for error messages
 FLAGS = {"rounds": "--rounds", "clients_per_round": "--clients-per-round", "local_steps": "--local-steps",
          "local_epochs": "--local-epochs", "batch_size": "--batch-size", "client_lr": "--lr",
@@ -18,6 +20,7 @@ FLAGS = {"rounds": "--rounds", "clients_per_round": "--clients-per-round", "loca
          "eval_every": "--eval-every", "chunk_size": "--chunk-size", "num_clients": "--clients",
          "dataset": "--dataset", "partition": "--partition", "target": "--target", "model": "--model",
          "algorithm": "--algorithm"}
+FLAGS.update(privacy_cli.FLAGS)
 
 _SKIP_KNOBS = {"client_lr", "client_optimizer"}
 
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default in _algorithm_knobs().items():
         g.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else float,
                        default=None, help=f"default {default!r}")
+    privacy_cli.add_arguments(run)
     g = run.add_argument_group("output")
     g.add_argument("--out", default="fedlab-run", help="output directory")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -111,10 +115,17 @@ def run(args) -> int:
                            f"(it takes: {', '.join(sorted(k for k in entry.knobs() if k not in _SKIP_KNOBS)) or 'nothing'})")
         options[name] = value
     fedlab.MODELS[args.model]     # unknown names fail before the data is loaded
+    privacy_cli.check(args)
     data = fedlab.data.load_federated(args.dataset, partition=args.partition, num_clients=args.clients,
                                       seed=args.seed, target=args.target)
-    history = fedlab.simulate(args.algorithm, args.model, data, rounds=args.rounds,
-                              clients_per_round=args.clients_per_round or min(10, data.num_clients),
+    clients_per_round = args.clients_per_round or min(10, data.num_clients)
+    algorithm = args.algorithm
+    if privacy_cli.requested(args):
+        algorithm = privacy_cli.wrap(entry.factory(**options), args, clients_per_round=clients_per_round,
+                                     num_clients=data.num_clients)
+        options = {}
+    history = fedlab.simulate(algorithm, args.model, data, rounds=args.rounds,
+                              clients_per_round=clients_per_round,
                               local_steps=args.local_steps, local_epochs=args.local_epochs,
                               batch_size=args.batch_size, sampling=args.sampling, stragglers=args.stragglers,
                               seed=args.seed, eval_every=args.eval_every, chunk_size=args.chunk_size,
@@ -126,7 +137,9 @@ def run(args) -> int:
     last = history.iloc[-1]
     print(f"{args.algorithm} on {data.name}: {len(history)} rounds, test accuracy "
           f"{last.get('test_accuracy', float('nan')):.4f}, train loss {last['train_loss']:.4f}, "
-          f"{history['seconds'].sum():.2f} s training; wrote {args.out}/history.csv and report.html")
+          f"{history['seconds'].sum():.2f} s training"
+          + (f", epsilon {last['epsilon']:.4g} (delta {args.dp_delta:g})" if "epsilon" in history else "")
+          + f"; wrote {args.out}/history.csv and report.html")
     return 0
 
 

@@ -221,3 +221,22 @@ def test_custom_optax_client_optimizer():
     adam = run(fedlab.algorithms.fedavg(client_optimizer=optax.adam(0.05)), data, local_steps=3)
     sgd = run(fedlab.algorithms.fedavg(client_lr=0.05), data, local_steps=3)
     assert not np.allclose(adam.params["W"], sgd.params["W"])
+
+
+def test_client_metrics_are_weighted_means_with_and_without_a_custom_aggregate():
+    data = toy_data()
+    base = fedlab.algorithms.fedavg(client_lr=0.1)
+
+    def client_final(local, client_state, info):
+        out, state = base.client_final(local, client_state, info)
+        return out._replace(metrics={"n": info.num_examples * 1.0}), state
+
+    def mean_aggregate(updates, weights, key):
+        return jax.tree.map(lambda u: jnp.tensordot(weights, u, 1) / weights.sum(), updates), {}
+
+    n = data.train_counts.astype(float)
+    expected = (n * n).sum() / n.sum()           # sum_k n_k * n_k / sum_k n_k
+    streamed = base._replace(client_final=client_final)
+    for strategy in (streamed, streamed._replace(aggregate=mean_aggregate)):
+        h = run(strategy, data, rounds=1, local_steps=2)
+        np.testing.assert_allclose(h["n"], expected, rtol=1e-6)

@@ -170,7 +170,7 @@ def make_round(plan: Plan, strategy: Strategy, model: Model):
                           **{name: jnp.sum(v * w) for name, v in out.metrics.items()}}
             sums = jax.tree.map(jnp.add, sums, chunk_sums)
             if stacked:
-                return (sum_wu, sum_w, sums), (out.update, w, new_state)
+                return (sum_wu, sum_w + jnp.sum(w), sums), (out.update, w, new_state)
             sum_wu = jax.tree.map(lambda s, u: s + jnp.tensordot(w, u, 1), sum_wu, out.update)
             return (sum_wu, sum_w + jnp.sum(w), sums), (None, None, new_state)
 
