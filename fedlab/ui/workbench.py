@@ -13,11 +13,9 @@ the rounds it finished. Charts redraw at most once per ``redraw_interval`` secon
 """
 from __future__ import annotations
 
-import contextlib
 import html
 import importlib.util
 import inspect
-import logging
 import math
 import os
 import threading
@@ -61,18 +59,6 @@ def _privacy():
     from fedlab.privacy import accounting, dp
 
     return dp, accounting
-
-
-@contextlib.contextmanager
-def _quiet_accountant():
-    """dp_accounting logs a warning per skipped RDP order; keep them out of the notebook."""
-    log = logging.getLogger("absl")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 # ---- registry -> widgets --------------------------------------------------------------------
@@ -538,8 +524,7 @@ class Workbench:
         try:
             if s["clients_per_round"] > k:
                 raise ValueError(f"clients per round must be <= clients ({k})")
-            with _quiet_accountant():
-                z, eps = self._dp_numbers(s, k)
+            z, eps = self._dp_numbers(s, k)
             self.dp_info.value = (f"This run will spend <b>ε = {eps:.3g}</b> at δ = {s['delta']:g} over "
                                   f"{s['rounds']} rounds (noise multiplier {z:.3g}, {s['clients_per_round']} "
                                   f"of {k} clients a round, {s['sampling']} sampling).")
