@@ -72,7 +72,7 @@ def device_data(data) -> DeviceData:
                       jnp.asarray(data.train_offsets[:-1], jnp.int32), jnp.asarray(data.train_counts, jnp.int32))
 
 
-def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData):
+def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, sampled_fraction=1.0):
     """One client's whole round: client_init, its local steps, client_final."""
     B = plan.batch_size
 
@@ -83,7 +83,7 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData):
         n = data.counts[cid]
         offset = data.offsets[cid]
         k_batches, k_client = jax.random.split(key)
-        info = ClientInfo(n, num_steps, full_steps, k_client)
+        info = ClientInfo(n, num_steps, full_steps, k_client, sampled_fraction)
         local = strategy.client_init(broadcast, client_state, info)
 
         if plan.local_steps is not None:
@@ -149,7 +149,7 @@ def make_round(plan: Plan, strategy: Strategy, model: Model):
 
     def round_fn(server_state, client_states, data: DeviceData, ids, valid, key):
         k_work, k_clients, k_agg = jax.random.split(key, 3)
-        work = _local_work(plan, strategy, model, data)
+        work = _local_work(plan, strategy, model, data, jnp.sum(valid) / plan.num_clients)
         broadcast = strategy.broadcast(server_state)
         counts = data.counts[ids]
         num_steps, full_steps = _assign_work(plan, counts, valid, k_work)
