@@ -7,6 +7,7 @@ epochs, lr 0.01, multinomial logistic regression. Writes the training loss per r
 and a plotly figure (rows: stragglers, columns: datasets) to an HTML file, and prints a summary.
 
     python benchmarks/fedprox_synthetic.py --rounds 200 --out benchmarks/out
+    python benchmarks/fedprox_synthetic.py --plot-only --out benchmarks/out   # figure from the CSV
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ METHODS = {"FedAvg": ("fedavg", {}), "FedProx (mu=0)": ("fedprox", {"mu": 0.0}),
            "FedProx (mu=1)": ("fedprox", {"mu": 1.0})}
 
 
-def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS) -> pd.DataFrame:
-    """One row per (dataset, stragglers, method, round) with train_loss and test_accuracy."""
+def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS, csv=None) -> pd.DataFrame:
+    """One row per (dataset, stragglers, method, round) with train_loss and test_accuracy; each
+    finished run is also appended to ``csv`` when given."""
     rows = []
     for spec in datasets:
         data = fedlab.data.load_federated(spec, seed=seed)
@@ -39,6 +41,8 @@ def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS) ->
                       f"{h['train_loss'].iloc[-1]:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
                 rows.append(h[["round", "train_loss", "test_accuracy"]].assign(
                     dataset=data.name, stragglers=fraction, method=method))
+                if csv is not None:
+                    rows[-1].to_csv(csv, mode="a", header=not pathlib.Path(csv).exists(), index=False)
     return pd.concat(rows, ignore_index=True)
 
 
@@ -65,11 +69,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    ap.add_argument("--plot-only", action="store_true", help="redraw from an existing CSV")
     a = ap.parse_args()
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    table = run_all(a.rounds, a.seed)
-    table.to_csv(out / "fedprox_synthetic.csv", index=False)
+    csv = out / "fedprox_synthetic.csv"
+    if a.plot_only:
+        table = pd.read_csv(csv)
+    else:
+        csv.unlink(missing_ok=True)
+        table = run_all(a.rounds, a.seed, a.datasets, csv=csv)
     figure(table).write_html(out / "fedprox_synthetic.html", include_plotlyjs="cdn")
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(summary(table))

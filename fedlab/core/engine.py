@@ -87,9 +87,13 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
         local = strategy.client_init(broadcast, client_state, info)
 
         if plan.local_steps is not None:
-            def batch(t):   # B rows drawn uniformly with replacement from the client's n_k
-                rows = jax.random.randint(jax.random.fold_in(k_batches, t), (B,), 0, n)
-                return batch_at(offset, rows, jnp.ones((B,), jnp.float32))
+            # B rows per step drawn uniformly with replacement from the client's n_k; all steps'
+            # draws at once, outside the step loop (the same numbers as drawing step by step).
+            all_rows = jax.vmap(lambda t: jax.random.randint(jax.random.fold_in(k_batches, t), (B,), 0, n))(
+                jnp.arange(plan.local_steps))
+
+            def batch(t):
+                return batch_at(offset, all_rows[t], jnp.ones((B,), jnp.float32))
         else:
             per_epoch = (n + B - 1) // B
             # One permutation per epoch; the client's own rows sort first, padding rows last.
@@ -223,6 +227,22 @@ def auto_chunk(clients_per_round: int, num_params: int, steps_hint: int = 1) -> 
         return clients_per_round
     target = max(1, min(clients_per_round, 5))
     return max(d for d in range(1, target + 1) if clients_per_round % d == 0)
+
+
+def make_sampling_round(plan: Plan, strategy: Strategy, model: Model):
+    """For ``sampling == "fixed"``: the round with its client sampling inside the compiled program,
+    (server_state, client_states, data, run_key, r) -> RoundOutput, for round r (from 1). Draws
+    the same clients and keys as ``sample_clients`` and the host loop, without a host round trip."""
+    inner = make_round(plan, strategy, model)
+
+    def round_fn(server_state, client_states, data: DeviceData, run_key, r):
+        k_sample, k_round = jax.random.split(jax.random.fold_in(run_key, r))
+        ids = jnp.sort(jax.random.choice(k_sample, plan.num_clients, (plan.clients_per_round,), replace=False))
+        ids = jnp.pad(ids.astype(jnp.int32), (0, plan.slots - plan.clients_per_round))
+        valid = jnp.arange(plan.slots) < plan.clients_per_round
+        return inner(server_state, client_states, data, ids, valid, k_round)
+
+    return round_fn
 
 
 def sample_clients(plan: Plan, key) -> tuple[np.ndarray, np.ndarray]:
