@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    ap.add_argument("--stragglers", nargs="+", type=float, default=list(STRAGGLERS))
     ap.add_argument("--plot-only", action="store_true", help="redraw from an existing CSV")
     a = ap.parse_args()
     out = pathlib.Path(a.out)
@@ -79,7 +80,7 @@ def main():
         table = pd.read_csv(csv)
     else:
         csv.unlink(missing_ok=True)
-        table = run_all(a.rounds, a.seed, a.datasets, csv=csv)
+        table = run_all(a.rounds, a.seed, a.datasets, a.stragglers, csv=csv)
     figure(table).write_html(out / "fedprox_synthetic.html", include_plotlyjs="cdn")
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(summary(table))
