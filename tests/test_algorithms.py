@@ -114,8 +114,9 @@ def test_scaffold_reaches_the_global_optimum_where_fedavg_drifts():
         h = fedlab.simulate(name, "logreg", data, **kw)
         w = np.append(np.asarray(h.params["W"])[:, 0], h.params["b"])
         dist[name] = np.abs(w - optimum).max()
-    assert dist["scaffold"] < 1e-4 * np.abs(optimum).max()
-    assert dist["fedavg"] > 1e-2 * np.abs(optimum).max()
+    # float32 resolves |w| ~ 2 to ~2e-7; SCAFFOLD gets within a few ulps, FedAvg stays O(1) off.
+    assert dist["scaffold"] < 1e-5
+    assert dist["fedavg"] > 0.1
 
 
 def test_qffl_round_by_hand():
