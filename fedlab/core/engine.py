@@ -219,10 +219,10 @@ def update_nbytes(plan: Plan, strategy: Strategy, model: Model, data: DeviceData
 def auto_chunk(clients_per_round: int, num_params: int, steps_hint: int = 1) -> int:
     """Clients per vmapped chunk. Wide vmaps turn a big matrix product into many small ones,
     which stops paying off once a chunk's weights leave the cache; so the chunk is the largest
-    divisor of clients_per_round (no slot wasted) whose weights fit in 2^20 floats (4 MiB):
-    the whole round for logistic regression, 10 clients of the 60-200-200-10 MLP (measured in
-    benchmarks/bench_engine.py)."""
-    fits = max(1, (1 << 20) // max(num_params, 1))
+    divisor of clients_per_round (no slot wasted) whose weights fit in 2^19 floats (2 MiB):
+    the whole round for logistic regression, 5 clients of the 60-200-200-10 MLP (measured in
+    benchmarks/bench_engine.py; 5 and 10 tie within noise on a 2-core EPYC)."""
+    fits = max(1, (1 << 19) // max(num_params, 1))
     return max(d for d in range(1, min(clients_per_round, fits) + 1) if clients_per_round % d == 0)
 
 
