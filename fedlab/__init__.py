@@ -6,6 +6,7 @@
                               local_epochs=20, batch_size=10, mu=1.0, client_lr=0.01)
 """
 from fedlab import algorithms, models  # noqa: F401  (registers the built-in strategies and models)
+from fedlab.core.cache import enable_compilation_cache
 from fedlab.core.registry import (ALGORITHMS, DATASETS, MODELS, PARTITIONS, register_algorithm,
                                   register_dataset, register_model, register_partition)
 from fedlab.core.simulate import History, RoundEvent, StopTraining, simulate
@@ -14,6 +15,6 @@ from fedlab.data.federated import FederatedDataset
 
 __all__ = ["ALGORITHMS", "DATASETS", "MODELS", "PARTITIONS", "Batch", "ClientInfo", "ClientOutput",
            "FederatedDataset", "History", "Model", "RoundEvent", "StopTraining", "Strategy",
-           "host_aggregator", "register_algorithm", "register_dataset", "register_model",
+           "enable_compilation_cache", "host_aggregator", "register_algorithm", "register_dataset", "register_model",
            "register_partition", "simulate"]
 __version__ = "0.1.0"

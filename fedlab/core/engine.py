@@ -72,7 +72,7 @@ def device_data(data) -> DeviceData:
                       jnp.asarray(data.train_offsets[:-1], jnp.int32), jnp.asarray(data.train_counts, jnp.int32))
 
 
-def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData):
+def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, sampled_fraction=1.0):
     """One client's whole round: client_init, its local steps, client_final."""
     B = plan.batch_size
 
@@ -83,10 +83,12 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData):
         n = data.counts[cid]
         offset = data.offsets[cid]
         k_batches, k_client = jax.random.split(key)
-        info = ClientInfo(n, num_steps, full_steps, k_client)
+        info = ClientInfo(n, num_steps, full_steps, k_client, sampled_fraction)
         local = strategy.client_init(broadcast, client_state, info)
 
         if plan.local_steps is not None:
+            # Drawn inside the step loop: hoisting the draws out (a vmap over steps) computes the
+            # same numbers but doubles the compile time of the round.
             def batch(t):   # B rows drawn uniformly with replacement from the client's n_k
                 rows = jax.random.randint(jax.random.fold_in(k_batches, t), (B,), 0, n)
                 return batch_at(offset, rows, jnp.ones((B,), jnp.float32))
@@ -149,7 +151,7 @@ def make_round(plan: Plan, strategy: Strategy, model: Model):
 
     def round_fn(server_state, client_states, data: DeviceData, ids, valid, key):
         k_work, k_clients, k_agg = jax.random.split(key, 3)
-        work = _local_work(plan, strategy, model, data)
+        work = _local_work(plan, strategy, model, data, jnp.sum(valid) / plan.num_clients)
         broadcast = strategy.broadcast(server_state)
         counts = data.counts[ids]
         num_steps, full_steps = _assign_work(plan, counts, valid, k_work)
@@ -216,13 +218,28 @@ def update_nbytes(plan: Plan, strategy: Strategy, model: Model, data: DeviceData
 
 def auto_chunk(clients_per_round: int, num_params: int, steps_hint: int = 1) -> int:
     """Clients per vmapped chunk. Wide vmaps turn a big matrix product into many small ones,
-    which stops paying off once the per-client weights leave the cache; so small models get
-    the whole round in one vmap and large ones chunks of a few clients (measured in
-    benchmarks/bench_engine.py). Picks a divisor of clients_per_round so no slot is wasted."""
-    if num_params * clients_per_round <= 1 << 20:
-        return clients_per_round
-    target = max(1, min(clients_per_round, 5))
-    return max(d for d in range(1, target + 1) if clients_per_round % d == 0)
+    which stops paying off once a chunk's weights leave the cache; so the chunk is the largest
+    divisor of clients_per_round (no slot wasted) whose weights fit in 2^19 floats (2 MiB):
+    the whole round for logistic regression, 5 clients of the 60-200-200-10 MLP (measured in
+    benchmarks/bench_engine.py; 5 and 10 tie within noise on a 2-core EPYC)."""
+    fits = max(1, (1 << 19) // max(num_params, 1))
+    return max(d for d in range(1, min(clients_per_round, fits) + 1) if clients_per_round % d == 0)
+
+
+def make_sampling_round(plan: Plan, strategy: Strategy, model: Model):
+    """For ``sampling == "fixed"``: the round with its client sampling inside the compiled program,
+    (server_state, client_states, data, run_key, r) -> RoundOutput, for round r (from 1). Draws
+    the same clients and keys as ``sample_clients`` and the host loop, without a host round trip."""
+    inner = make_round(plan, strategy, model)
+
+    def round_fn(server_state, client_states, data: DeviceData, run_key, r):
+        k_sample, k_round = jax.random.split(jax.random.fold_in(run_key, r))
+        ids = jnp.sort(jax.random.choice(k_sample, plan.num_clients, (plan.clients_per_round,), replace=False))
+        ids = jnp.pad(ids.astype(jnp.int32), (0, plan.slots - plan.clients_per_round))
+        valid = jnp.arange(plan.slots) < plan.clients_per_round
+        return inner(server_state, client_states, data, ids, valid, k_round)
+
+    return round_fn
 
 
 def sample_clients(plan: Plan, key) -> tuple[np.ndarray, np.ndarray]:

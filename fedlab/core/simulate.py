@@ -205,7 +205,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     plan = engine.Plan(K, clients_per_round, slots, chunk, batch_size, local_steps, local_epochs,
                        int(data.train_counts.max()), sampling, float(stragglers))
     dev = engine.device_data(data)
-    round_fn = jax.jit(engine.make_round(plan, strategy, model), donate_argnums=(1,))
+    in_program = sampling == "fixed"
+    round_fn = jax.jit(engine.make_sampling_round(plan, strategy, model) if in_program
+                       else engine.make_round(plan, strategy, model), donate_argnums=(1,))
     server_update = jax.jit(strategy.server_update)
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
     evaluate = Evaluator(model, data)
@@ -222,24 +224,28 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     try:
         for r in range(1, rounds + 1):
             t0 = time.perf_counter()
-            key = jax.random.fold_in(k_run, r)
-            k_sample, k_round = jax.random.split(key)
-            ids, valid = engine.sample_clients(plan, k_sample)
-            out = round_fn(server_state, client_states, dev, ids, valid, k_round)
+            if in_program:      # clients sampled inside the compiled round, as below
+                num_sampled = clients_per_round
+                out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
+            else:
+                k_sample, k_round = jax.random.split(jax.random.fold_in(k_run, r))
+                ids, valid = engine.sample_clients(plan, k_sample)
+                num_sampled = int(valid.sum())
+                out = round_fn(server_state, client_states, dev, ids, valid, k_round)
             if out.pending is not None:
                 out = engine.finish_on_host(strategy, server_update, out)
             server_state, client_states = jax.block_until_ready((out.server_state, out.client_states))
             seconds = time.perf_counter() - t0
             metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
             participants = metrics.pop("participants")
-            row = {"round": r, "clients": int(valid.sum()), "participants": int(participants),
+            row = {"round": r, "clients": num_sampled, "participants": int(participants),
                    "local_loss": metrics.pop("local_loss")}
             if r % eval_every == 0 or r == rounds:
                 row.update(evaluate(server_state.params))
             row.update(metrics)
             if strategy.report is not None:
                 row.update(strategy.report(r))
-            row.update(bytes_up=int(participants) * up_bytes, bytes_down=int(valid.sum()) * down_bytes,
+            row.update(bytes_up=int(participants) * up_bytes, bytes_down=num_sampled * down_bytes,
                        seconds=seconds, elapsed=time.perf_counter() - start)
             rows.append(row)
             if bar is not None:
