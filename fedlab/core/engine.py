@@ -216,7 +216,7 @@ def update_nbytes(plan: Plan, strategy: Strategy, model: Model, data: DeviceData
     return tree_nbytes(out.update), tree_nbytes(broadcast)
 
 
-def auto_chunk(clients_per_round: int, num_params: int, steps_hint: int = 1) -> int:
+def auto_chunk(clients_per_round: int, num_params: int) -> int:
     """Clients per vmapped chunk. Wide vmaps turn a big matrix product into many small ones,
     which stops paying off once a chunk's weights leave the cache; so the chunk is the largest
     divisor of clients_per_round (no slot wasted) whose weights fit in 2^19 floats (2 MiB):
