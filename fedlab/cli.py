@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = run.add_argument_group("output")
     g.add_argument("--out", default="fedlab-run", help="output directory")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--compilation-cache", action="store_true",
+                   help="keep compiled rounds on disk ($FEDLAB_CACHE or ~/.cache/fedlab/jax): repeat runs start fast")
     return parser
 
 
@@ -119,6 +121,8 @@ def run(args) -> int:
     data = fedlab.data.load_federated(args.dataset, partition=args.partition, num_clients=args.clients,
                                       seed=args.seed, target=args.target)
     clients_per_round = args.clients_per_round or min(10, data.num_clients)
+    if args.compilation_cache:
+        fedlab.enable_compilation_cache()
     algorithm = args.algorithm
     if privacy_cli.requested(args):
         algorithm = privacy_cli.wrap(entry.factory(**options), args, clients_per_round=clients_per_round,
