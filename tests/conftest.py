@@ -4,7 +4,10 @@ from __future__ import annotations
 import os
 import pathlib
 
+import numpy as np
 import pytest
+
+import fedlab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -28,3 +31,20 @@ def execute_notebook(name: str, timeout: int = 600):
         else:
             os.environ["FEDLAB_SMOKE"] = old
     return nb
+
+
+def toy_data(num_clients=6, features=5, classes=3, seed=0, nan=False):
+    """A small classification FederatedDataset: clients of 4-14 training and 3 test rows whose
+    features shift with the client index; ``nan=True`` plants a NaN in client 0."""
+    rng = np.random.default_rng(seed)
+    W = rng.normal(size=(features, classes))
+    train, test = [], []
+    for k in range(num_clients):
+        n = int(rng.integers(4, 15))
+        x = rng.normal(k * 0.3, 1.0, size=(n + 3, features)).astype(np.float32)
+        y = np.argmax(x @ W + rng.normal(size=(n + 3, classes)), 1)
+        train.append((x[:n], y[:n]))
+        test.append((x[n:], y[n:]))
+    if nan:
+        train[0][0][0, 0] = np.nan
+    return fedlab.FederatedDataset.from_clients("toy", train, test, classes)

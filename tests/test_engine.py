@@ -9,23 +9,9 @@ import optax
 import pytest
 
 import fedlab
+from conftest import toy_data
 from fedlab.algorithms import common
 from fedlab.core.types import ClientOutput, Strategy, tree_nbytes
-
-
-def toy_data(num_clients=6, features=5, classes=3, seed=0, nan=False):
-    rng = np.random.default_rng(seed)
-    W = rng.normal(size=(features, classes))
-    train, test = [], []
-    for k in range(num_clients):
-        n = int(rng.integers(4, 15))
-        x = rng.normal(k * 0.3, 1.0, size=(n + 3, features)).astype(np.float32)
-        y = np.argmax(x @ W + rng.normal(size=(n + 3, classes)), 1)
-        train.append((x[:n], y[:n]))
-        test.append((x[n:], y[n:]))
-    if nan:
-        train[0][0][0, 0] = np.nan
-    return fedlab.FederatedDataset.from_clients("toy", train, test, classes)
 
 
 def run(strategy, data, model="logreg", **kw):

@@ -5,11 +5,11 @@ tau_eff = sum_i p_i tau_i and p_i = n_i / n. Partial work from stragglers is kep
 client does the same number of steps this is FedAvg."""
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 
 from fedlab.algorithms import common
+from fedlab.algorithms.fedavg import fedavg
 from fedlab.core.registry import register_algorithm
 from fedlab.core.types import ClientOutput, Strategy
 
@@ -19,13 +19,7 @@ tree = optax.tree_utils
 @register_algorithm("fednova")
 def fednova(*, client_lr: float = 0.01) -> Strategy:
     """FedNova: updates normalized by each client's local steps, then rescaled by the mean steps."""
-    opt = common.client_optimizer(client_lr, None)
-
-    def client_init(w_global, client_state, info):
-        return common.local_init(opt, w_global)
-
-    def client_step(local, batch, loss_fn):
-        return common.sgd_step(opt, local, lambda p: jax.value_and_grad(loss_fn)(p, batch))
+    local_sgd = fedavg(client_lr=client_lr)      # same local training as FedAvg
 
     def client_final(local, client_state, info):
         steps = info.num_steps.astype(jnp.float32)
@@ -36,4 +30,4 @@ def fednova(*, client_lr: float = 0.01) -> Strategy:
         normalized, tau_eff = aggregate                 # sum_i p_i d_i and sum_i p_i tau_i
         return state._replace(params=tree.tree_add_scale(state.params, tau_eff, normalized))
 
-    return Strategy("fednova", common.server_init, client_init, client_step, client_final, server_update)
+    return local_sgd._replace(name="fednova", client_final=client_final, server_update=server_update)
