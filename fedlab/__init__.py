@@ -5,7 +5,7 @@
     history = fedlab.simulate("fedprox", "logreg", data, rounds=50, clients_per_round=10,
                               local_epochs=20, batch_size=10, mu=1.0, client_lr=0.01)
 """
-from fedlab import algorithms, models  # noqa: F401  (registers the built-in strategies and models)
+from fedlab import algorithms, data, models, report  # noqa: F401  (registers the built-ins)
 from fedlab.core.cache import enable_compilation_cache
 from fedlab.core.registry import (ALGORITHMS, DATASETS, MODELS, PARTITIONS, register_algorithm,
                                   register_dataset, register_model, register_partition)
