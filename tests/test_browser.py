@@ -47,9 +47,12 @@ def _free_port() -> int:
 
 
 def _serve(tmp_path, args: list[str], port: int, extra_env: dict):
-    """Start a server on a copy of the notebook (the browser autosaves outputs); yield; stop it."""
+    """Start a server on a copy of the notebook (the browser autosaves outputs); yield; stop it.
+    The server gets its own empty HOME, so no user state (Jupyter settings, runtime files, the
+    compilation cache) leaks in: on this machine a user HOME used by earlier sessions made the
+    Voila kernel's warm-up never report ready, which a fresh HOME does not."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-           "FEDLAB_SMOKE": "0", **extra_env}
+           "FEDLAB_SMOKE": "0", "HOME": str(tmp_path / "home"), **extra_env}
     log_path = tmp_path / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
