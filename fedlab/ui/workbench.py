@@ -17,7 +17,6 @@ import html
 import importlib.util
 import inspect
 import math
-import os
 import threading
 import time
 import traceback
@@ -26,6 +25,7 @@ from collections import OrderedDict
 from typing import Any
 
 import ipywidgets as W
+import jax
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -154,18 +154,6 @@ def empty_figure(panels) -> go.FigureWidget:
     return go.FigureWidget(fig)
 
 
-def use_compilation_cache(path: str | None, min_compile_seconds: float = 0.2) -> None:
-    """Turn on JAX's persistent compilation cache at ``path`` unless one is already set, so the
-    second session's first round skips most of the compile (None: leave JAX as it is)."""
-    import jax
-
-    if path and not jax.config.jax_compilation_cache_dir:
-        path = os.path.expanduser(path)
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
-
-
 class RunError(RuntimeError):
     """A run ended by an exception; the workbench shows the message and keeps it here."""
 
@@ -189,7 +177,8 @@ class Workbench:
         if not (isinstance(redraw_interval, (int, float)) and redraw_interval >= 0):
             raise ValueError(f"redraw_interval must be a number of seconds >= 0, got {redraw_interval!r}")
         self.given_data = data
-        use_compilation_cache(compilation_cache)
+        if compilation_cache and not jax.config.jax_compilation_cache_dir:   # keep a cache already set
+            fedlab.enable_compilation_cache(compilation_cache, min_compile_seconds=0.2)
         self.redraw_interval = float(redraw_interval)
         self.runs: "OrderedDict[str, fedlab.History]" = OrderedDict()
         self.last_error: BaseException | None = None
