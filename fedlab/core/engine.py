@@ -156,7 +156,6 @@ def make_round(plan: Plan, strategy: Strategy, model: Model):
         counts = data.counts[ids]
         num_steps, full_steps = _assign_work(plan, counts, valid, k_work)
         keys = jax.vmap(lambda i: jax.random.fold_in(k_clients, i))(ids)
-        has_state = bool(jax.tree.leaves(client_states))
         my_states = jax.tree.map(lambda s: s[ids], client_states)
 
         def chunked(t):
@@ -183,11 +182,10 @@ def make_round(plan: Plan, strategy: Strategy, model: Model):
         init = (optax.tree_utils.tree_zeros_like(one.update), jnp.zeros((), jnp.float32), sums)
         (sum_wu, sum_w, sums), (updates, weights, new_states) = jax.lax.scan(run_chunk, init, xs)
 
-        if has_state:
-            flat_states = jax.tree.map(lambda t: t.reshape((plan.slots,) + t.shape[2:]), new_states)
-            target = jnp.where(valid, ids, plan.num_clients)        # padding slots write nowhere
-            client_states = jax.tree.map(lambda s, new: s.at[target].set(new, mode="drop"),
-                                         client_states, flat_states)
+        flat_states = jax.tree.map(lambda t: t.reshape((plan.slots,) + t.shape[2:]), new_states)
+        target = jnp.where(valid, ids, plan.num_clients)            # padding slots write nowhere
+        client_states = jax.tree.map(lambda s, new: s.at[target].set(new, mode="drop"),
+                                     client_states, flat_states)
         metrics = {"local_loss": sums.pop("local_loss") / jnp.maximum(jnp.sum(valid), 1),
                    "participants": sums.pop("participants"),
                    **{name: v / jnp.maximum(sum_w, 1e-12) for name, v in sums.items()}}
@@ -228,8 +226,8 @@ def auto_chunk(clients_per_round: int, num_params: int) -> int:
 
 def make_sampling_round(plan: Plan, strategy: Strategy, model: Model):
     """For ``sampling == "fixed"``: the round with its client sampling inside the compiled program,
-    (server_state, client_states, data, run_key, r) -> RoundOutput, for round r (from 1). Draws
-    the same clients and keys as ``sample_clients`` and the host loop, without a host round trip."""
+    (server_state, client_states, data, run_key, r) -> RoundOutput, for round r (from 1): the
+    clients are drawn without replacement in the program, with no host round trip."""
     inner = make_round(plan, strategy, model)
 
     def round_fn(server_state, client_states, data: DeviceData, run_key, r):
@@ -242,14 +240,10 @@ def make_sampling_round(plan: Plan, strategy: Strategy, model: Model):
     return round_fn
 
 
-def sample_clients(plan: Plan, key) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, valid) for one round, both of length plan.slots."""
-    if plan.sampling == "fixed":
-        ids = np.asarray(jax.random.choice(key, plan.num_clients, (plan.clients_per_round,), replace=False))
-        ids = np.sort(ids).astype(np.int32)
-        valid = np.ones(plan.slots, bool)
-        valid[len(ids):] = False
-        return np.pad(ids, (0, plan.slots - len(ids))), valid
+def sample_poisson(plan: Plan, key) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, valid) for one Poisson-sampled round: each client joins with probability
+    clients_per_round / num_clients; at least plan.slots slots, more (a recompile) if needed.
+    Fixed sampling happens inside the compiled round (``make_sampling_round``)."""
     rate = plan.clients_per_round / plan.num_clients
     chosen = np.flatnonzero(np.asarray(jax.random.bernoulli(key, rate, (plan.num_clients,)))).astype(np.int32)
     slots = max(plan.slots, math.ceil(len(chosen) / plan.chunk) * plan.chunk)

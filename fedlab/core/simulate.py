@@ -224,12 +224,12 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     try:
         for r in range(1, rounds + 1):
             t0 = time.perf_counter()
-            if in_program:      # clients sampled inside the compiled round, as below
+            if in_program:      # fixed sampling: clients drawn inside the compiled round
                 num_sampled = clients_per_round
                 out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
             else:
                 k_sample, k_round = jax.random.split(jax.random.fold_in(k_run, r))
-                ids, valid = engine.sample_clients(plan, k_sample)
+                ids, valid = engine.sample_poisson(plan, k_sample)
                 num_sampled = int(valid.sum())
                 out = round_fn(server_state, client_states, dev, ids, valid, k_round)
             if out.pending is not None:
