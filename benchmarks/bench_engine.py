@@ -205,7 +205,7 @@ def main():
     print("| implementation | " + " | ".join(a.cells) + " |")
     print("|---|" + "---|" * len(a.cells))
     for impl in impls:
-        warm = lambda c: f"{np.median(first[impl, c][1:]):.2f}" if a.reps > 1 else "-"
+        warm = lambda c, impl=impl: f"{np.median(first[impl, c][1:]):.2f}" if a.reps > 1 else "-"
         print(f"| {impl} | " + " | ".join(f"{first[impl, c][0]:.2f} / {warm(c)}" for c in a.cells) + " |")
     # RESULTS.md was measured on another (or differently loaded) machine: express fedlab in units
     # of the best hand-written reference measured here, and the peers in units of the same
