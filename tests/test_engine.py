@@ -226,3 +226,19 @@ def test_client_metrics_are_weighted_means_with_and_without_a_custom_aggregate()
     for strategy in (streamed, streamed._replace(aggregate=mean_aggregate)):
         h = run(strategy, data, rounds=1, local_steps=2)
         np.testing.assert_allclose(h["n"], expected, rtol=1e-6)
+
+
+def test_fixed_sampling_draws_every_subset_equally_often():
+    """6 clients, 2 a round: the 15 possible pairs, each 1/15 of 6000 draws (chi-square)."""
+    import itertools
+
+    from scipy import stats
+
+    from fedlab.core import engine
+    plan = engine.Plan(6, 2, 2, 2, 1, 1, None, 1, "fixed", 0.0)
+    draw = jax.jit(jax.vmap(lambda k: engine.sample_fixed(plan, k)))
+    ids = np.asarray(draw(jax.random.split(jax.random.key(0), 6000)))
+    assert (ids[:, 0] < ids[:, 1]).all()                      # distinct and in increasing order
+    pairs = {p: i for i, p in enumerate(itertools.combinations(range(6), 2))}
+    counts = np.bincount([pairs[tuple(p)] for p in ids], minlength=15)
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
