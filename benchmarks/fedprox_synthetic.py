@@ -4,7 +4,8 @@ Synthetic(0,0), (0.5,0.5), (1,1) with the paper's 30 natural clients; 0%, 50%, 9
 (a straggler does a random 1..19 of the 20 local epochs); FedAvg (drops stragglers), FedProx
 mu=0 (keeps their partial work) and FedProx mu=1; 10 clients per round, batch 10, 20 local
 epochs, lr 0.01, multinomial logistic regression. Writes the training loss per round to a CSV
-and a plotly figure (rows: stragglers, columns: datasets) to an HTML file, and prints a summary.
+and a plotly figure (rows: stragglers, columns: datasets) to an HTML file, and prints each run's
+mean loss over its last 10 rounds and its instability (mean absolute round-to-round change).
 
     python benchmarks/fedprox_synthetic.py --rounds 200 --out benchmarks/out
     python benchmarks/fedprox_synthetic.py --plot-only --out benchmarks/out   # figure from the CSV
@@ -18,6 +19,7 @@ import time
 import pandas as pd
 
 import fedlab
+from fedlab import report
 
 DATASETS = ("synthetic:0,0", "synthetic:0.5,0.5", "synthetic:1,1")
 STRAGGLERS = (0.0, 0.5, 0.9)
@@ -48,20 +50,9 @@ def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS, cs
 
 def figure(table: pd.DataFrame):
     """Training loss vs. rounds, one panel per (stragglers, dataset), as in the paper."""
-    import plotly.express as px
-
-    fig = px.line(table.assign(stragglers=(table.stragglers * 100).round().astype(int).astype(str) + "% stragglers"),
-                  x="round", y="train_loss", color="method", facet_row="stragglers", facet_col="dataset",
-                  labels={"train_loss": "training loss"},
-                  title="FedAvg vs FedProx on Synthetic data (Li et al. 2020, Figure 1)")
-    fig.update_yaxes(matches=None)
-    return fig
-
-
-def summary(table: pd.DataFrame, last: int = 10) -> pd.DataFrame:
-    """Mean training loss over the last ``last`` rounds and its round-to-round std (stability)."""
-    tail = table[table["round"] > table["round"].max() - last]
-    return tail.groupby(["dataset", "stragglers", "method"])["train_loss"].agg(["mean", "std"]).unstack("method")
+    return report.runs_figure(table.assign(stragglers=(table.stragglers * 100).round().astype(int).astype(str)
+                                           + "% stragglers"), row="stragglers", col="dataset",
+                              title="FedAvg vs FedProx on Synthetic data (Li et al. 2020, Figure 1)")
 
 
 def main():
@@ -83,7 +74,7 @@ def main():
         table = run_all(a.rounds, a.seed, a.datasets, a.stragglers, csv=csv)
     figure(table).write_html(out / "fedprox_synthetic.html", include_plotlyjs="cdn")
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
-        print(summary(table))
+        print(report.tail_summary(table, ["dataset", "stragglers", "method"]).unstack("method"))
     print(f"wrote {out / 'fedprox_synthetic.csv'} and {out / 'fedprox_synthetic.html'}")
 
 

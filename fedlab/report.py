@@ -75,3 +75,29 @@ def final_metrics(history: pd.DataFrame) -> dict:
         out["MB_sent"] = float((history["bytes_up"] + history["bytes_down"]).sum() / 1e6)
         out["train_seconds"] = float(history["seconds"].sum())
     return out
+
+
+def runs_figure(table: pd.DataFrame, y: str = "train_loss", color: str = "method", row: str | None = None,
+                col: str | None = None, title: str | None = None) -> go.Figure:
+    """``y`` vs round for many runs stacked in one long table (a column ``round``), one line per
+    value of ``color`` and one panel per value of ``row`` x ``col``; each panel has its own y
+    axis. E.g. a paper's grid: rows = straggler fraction, columns = dataset."""
+    import plotly.express as px
+
+    missing = [c for c in ("round", y, color, row, col) if c is not None and c not in table]
+    if missing:
+        raise ValueError(f"table has no column(s) {missing}; it has {list(table.columns)}")
+    fig = px.line(table, x="round", y=y, color=color, facet_row=row, facet_col=col, title=title,
+                  template="plotly_white", height=max(330, 260 * (table[row].nunique() if row else 1)))
+    fig.update_yaxes(matches=None, showticklabels=True)
+    return fig
+
+
+def tail_summary(table: pd.DataFrame, by: list[str], y: str = "train_loss", last: int = 10) -> pd.DataFrame:
+    """Per run (the groups of ``by``): the mean of ``y`` over its ``last`` rounds and its
+    instability, the mean absolute change of ``y`` from one round to the next over the run."""
+    def one(run: pd.DataFrame) -> pd.Series:
+        values = run.sort_values("round")[y]
+        return pd.Series({"final": values.iloc[-last:].mean(), "instability": values.diff().abs().mean()})
+
+    return table.groupby(by, sort=False)[["round", y]].apply(one)
