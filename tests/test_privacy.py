@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import dp_accounting
 import jax
@@ -494,3 +495,20 @@ def test_epsilon_tracker_equals_composing_each_time():
 def test_attack_handles_a_diverged_model():
     scores = attacks.attack_from_losses([np.nan, np.inf, 0.1], [1.0, 2.0, 3.0])
     assert scores["auc"] == pytest.approx(3 / 9)       # nan and inf rank as the largest losses
+
+
+@pytest.mark.parametrize("run_kw, wrong", [(dict(clients_per_round=3), "clients_per_round=3"),
+                                           (dict(sampling="fixed"), "sampling='fixed'")])
+def test_simulate_refuses_a_dp_strategy_built_for_other_sampling(run_kw, wrong):
+    """The accountant's amplification assumes dp()'s sampling; a run with other settings would
+    report a wrong epsilon, so it is refused before any work."""
+    from conftest import toy_data
+    data = toy_data()
+    s = dp(fedavg(), clip=1.0, clients_per_round=2, num_clients=data.num_clients, sampling="poisson",
+           noise_multiplier=1.0)
+    kw = {"clients_per_round": 2, "sampling": "poisson", **run_kw}
+    with pytest.raises(ValueError, match=re.escape(wrong)):
+        fedlab.simulate(s, "logreg", data, rounds=1, local_steps=1, progress=False, **kw)
+    h = fedlab.simulate(s, "logreg", data, rounds=1, local_steps=1, progress=False, clients_per_round=2,
+                        sampling="poisson")
+    assert h["epsilon"].iloc[0] > 0

@@ -188,6 +188,11 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         _check_int("chunk_size", chunk_size, 1, clients_per_round)
     data.validate()
     strategy = resolve_strategy(strategy, strategy_options)
+    actual = dict(clients_per_round=clients_per_round, num_clients=K, sampling=sampling)
+    for name, wanted in (strategy.requires or {}).items():
+        if actual.get(name, wanted) != wanted:
+            raise ValueError(f"{strategy.name} was built for {name}={wanted!r}, but simulate got "
+                             f"{name}={actual[name]!r}; build it with the run's value")
     model = resolve_model(model, data, model_options)
 
     k_init, k_run = jax.random.split(jax.random.key(seed))

@@ -88,6 +88,8 @@ class Strategy(NamedTuple):
       A function marked with ``host_aggregator`` runs outside jit on NumPy arrays (secure
       aggregation, Paillier); its metrics (floats) land in the History.
     report(rounds_done) -> dict of host-side metrics for the History (e.g. privacy spent).
+    requires: ``simulate`` settings the strategy was built for (``dp`` accounts for a given
+      clients_per_round, num_clients and sampling); ``simulate`` refuses to run with others.
     """
 
     name: str
@@ -100,6 +102,7 @@ class Strategy(NamedTuple):
     client_state_init: Callable = _no_client_state
     aggregate: Callable | None = None
     report: Callable | None = None
+    requires: dict | None = None
 
 
 def host_aggregator(fn: Callable) -> Callable:

@@ -94,7 +94,7 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
     Give ``noise_multiplier`` z (epsilon is then reported each round), or ``target_epsilon`` and
     ``rounds`` (z is calibrated so the whole run spends target_epsilon at ``delta``).
     ``clients_per_round``/``num_clients`` and ``sampling`` must match the engine's sampling:
-    they set the amplification the accountant assumes. ``report`` adds ``epsilon`` (spent so far)
+    they set the amplification the accountant assumes (``simulate`` checks that they do). ``report`` adds ``epsilon`` (spent so far)
     and ``noise_multiplier`` to the History. ``count_noise_stddev`` (sigma_b) defaults to
     clients_per_round / 20, as Andrew et al. recommend.
     """
@@ -186,8 +186,10 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
     def report(rounds_done):
         return {"epsilon": spent(int(rounds_done)), "noise_multiplier": z}
 
+    requires = {**(strategy.requires or {}), "clients_per_round": clients_per_round,
+                "num_clients": num_clients, "sampling": sampling}
     return Strategy(f"dp({strategy.name})", server_init, client_init, client_step, client_final,
-                    server_update, broadcast, client_state_init, aggregate, report)
+                    server_update, broadcast, client_state_init, aggregate, report, requires)
 
 
 def local_dp(strategy: Strategy, *, clip: float, noise_multiplier: float, delta: float = 1e-5) -> Strategy:
