@@ -3,13 +3,14 @@
 Same data file, same initial weights, same math as the peers measured in
 ../shared/bench/RESULTS.md ($FEDLAB_PEERBENCH): FedAvg, 20 local SGD steps of batch 10 at lr 0.01, server =
 sample-count-weighted mean; S = 100 clients / 10 per round, L = 1000 clients / 100 per round;
-multinomial logistic regression and an MLP 60-200-200-10. In one process, interleaved over
-``--reps`` repetitions, it times fedlab.simulate and three hand-written references (one jitted
-round with a vmap over all clients; lax.map over vmapped chunks of 5; the centralized floor, the
-same sample-gradients on one model), and prints steady seconds per round (median of rounds
-2..R, then median over repetitions), the first round (compile included: cold in the first
-repetition, from a persistent compilation cache in the others), and the peers' rows read from
-RESULTS.md. The data files are generated into benchmarks/data/ on first use.
+multinomial logistic regression and an MLP 60-200-200-10. In one process, interleaved round by
+round (the machine's speed drifts), it times fedlab.simulate and three hand-written references
+(one jitted round with a vmap over all clients; lax.map over vmapped chunks of 5; the
+centralized floor, the same sample-gradients on one model), and prints
+steady seconds per round (median of rounds 2..R, then median over repetitions), the first round
+(compile included: cold in the first repetition, from a persistent compilation cache in the
+others), and the peers' rows read from RESULTS.md. The data files are generated into
+benchmarks/data/ on first use.
 
     python benchmarks/bench_engine.py                  # the whole table (~10 min on 2 cores)
     python benchmarks/bench_engine.py --cells logreg:S mlp:L --reps 3
@@ -62,12 +63,12 @@ def initial_params(npz: dict, model: str):
 
 
 # ---- fedlab -------------------------------------------------------------------------------
-def run_fedlab(data, npz, model: str, per_round: int, rounds: int) -> tuple[list[float], float]:
+def run_fedlab(data, npz, model: str, per_round: int, rounds: int, callbacks=()) -> tuple[list[float], float]:
     """Per-round seconds of fedlab.simulate (the History's 'seconds': sampling, local work and
     aggregation, no evaluation) and the final test accuracy."""
     h = fedlab.simulate("fedavg", model, data, rounds=rounds, clients_per_round=per_round,
                         local_steps=LOCAL_STEPS, batch_size=BATCH, client_lr=LR, eval_every=rounds,
-                        init_params=initial_params(npz, model), progress=False)
+                        init_params=initial_params(npz, model), progress=False, callbacks=callbacks)
     return h["seconds"].tolist(), float(h["test_accuracy"].iloc[-1])
 
 
@@ -125,19 +126,34 @@ def reference_round(npz: dict, model: str, per_round: int, mode: str, chunk: int
     return jax.jit({"vmap": round_vmap, "chunk": round_chunk, "central": round_central}[mode])
 
 
-def run_reference(npz: dict, model: str, per_round: int, rounds: int, mode: str) -> list[float]:
-    fn = reference_round(npz, model, per_round, mode)
-    keys = ("lr_W", "lr_b") if model == "logreg" else tuple(f"mlp_{w}{i}" for i in (1, 2, 3) for w in "Wb")
-    params = [jnp.asarray(npz[k]) for k in keys]
-    key, times = jax.random.key(0), []
-    num_clients = len(npz["train_offsets"]) - 1
-    for r in range(rounds):   # the shared schedule, as in fl_common.schedule
-        ids = np.random.RandomState(r).choice(num_clients, per_round, replace=False)
+class Reference:
+    """A hand-written implementation stepped one round at a time, on the shared schedule (as in
+    fl_common.schedule); ``times`` holds its seconds per round."""
+
+    def __init__(self, npz: dict, model: str, per_round: int, mode: str):
+        self.fn = reference_round(npz, model, per_round, mode)
+        keys = ("lr_W", "lr_b") if model == "logreg" else tuple(f"mlp_{w}{i}" for i in (1, 2, 3) for w in "Wb")
+        self.params = [jnp.asarray(npz[k]) for k in keys]
+        self.key, self.times = jax.random.key(0), []
+        self.num_clients, self.per_round = len(npz["train_offsets"]) - 1, per_round
+
+    def round(self, r: int) -> None:
+        ids = np.random.RandomState(r).choice(self.num_clients, self.per_round, replace=False)
         t0 = time.perf_counter()
-        key, sub = jax.random.split(key)
-        params = jax.block_until_ready(fn(params, jnp.asarray(ids), sub))
-        times.append(time.perf_counter() - t0)
-    return times
+        self.key, sub = jax.random.split(self.key)
+        self.params = jax.block_until_ready(self.fn(self.params, jnp.asarray(ids), sub))
+        self.times.append(time.perf_counter() - t0)
+
+
+def interleave(references):
+    """A simulate callback: after each fedlab round, one round of each reference (each first in turn)."""
+    order = list(references)
+
+    def step(event):
+        k = event.round % len(order)
+        for ref in order[k:] + order[:k]:
+            ref.round(event.round - 1)
+    return step
 
 
 # ---- the table --------------------------------------------------------------------------------
@@ -159,7 +175,7 @@ def peer_rows(path: pathlib.Path = BENCH / "RESULTS.md") -> dict[str, list[float
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cells", nargs="+", default=list(COLUMNS), choices=COLUMNS)
-    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions (median taken)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions (median taken)")
     ap.add_argument("--rounds", type=int, default=None, help="override rounds per run (default 50 S, 20 L)")
     ap.add_argument("--cache", default=None, help="persistent compilation cache directory (default: a new "
                     "temporary one, so repetition 0 compiles cold and later ones load from the cache)")
@@ -176,18 +192,17 @@ def main():
             path = data_file(scale)
             npz = dict(np.load(path))
             data = fedlab.FederatedDataset.from_npz(path)
+            refs = {impl: Reference(npz, model, s["per_round"], impl.split()[1]) for impl in impls[1:]}
+            fedlab_times, acc = run_fedlab(data, npz, model, s["per_round"], rounds, [interleave(refs.values())])
             for impl in impls:
-                if impl == "fedlab":
-                    times, acc = run_fedlab(data, npz, model, s["per_round"], rounds)
-                else:
-                    times = run_reference(npz, model, s["per_round"], rounds, impl.split()[1])
+                times = fedlab_times if impl == "fedlab" else refs[impl].times
                 steady[impl, cell].append(float(np.median(times[1:])))
                 first[impl, cell].append(times[0])
                 print(f"rep {rep} {cell:9s} {impl:12s} steady {steady[impl, cell][-1]:.4f} s  "
                       f"first {times[0]:.2f} s" + (f"  acc {acc:.3f}" if impl == "fedlab" else ""), flush=True)
 
     med = lambda d, i, c: float(np.median(d[i, c]))
-    print(f"\nSteady seconds per round (median of rounds 2..R, median over {a.reps} interleaved reps; "
+    print(f"\nSteady seconds per round (median of rounds 2..R, median over {a.reps} reps, interleaved round by round; "
           f"this machine, this process)\n")
     print("| implementation | " + " | ".join(a.cells) + " |")
     print("|---|" + "---|" * len(a.cells))
