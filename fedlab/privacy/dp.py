@@ -94,9 +94,10 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
     Give ``noise_multiplier`` z (epsilon is then reported each round), or ``target_epsilon`` and
     ``rounds`` (z is calibrated so the whole run spends target_epsilon at ``delta``).
     ``clients_per_round``/``num_clients`` and ``sampling`` must match the engine's sampling:
-    they set the amplification the accountant assumes (``simulate`` checks that they do). ``report`` adds ``epsilon`` (spent so far)
-    and ``noise_multiplier`` to the History. ``count_noise_stddev`` (sigma_b) defaults to
-    clients_per_round / 20, as Andrew et al. recommend.
+    they set the amplification the accountant assumes (``simulate`` checks that they do).
+    ``report`` adds ``epsilon`` (spent so far) and ``noise_multiplier`` to the History.
+    ``count_noise_stddev`` (sigma_b) defaults to clients_per_round / 20, as Andrew et al.
+    recommend.
     """
     _check_strategy(strategy)
     accounting.check_clip(clip)
