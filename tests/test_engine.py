@@ -1,5 +1,6 @@
 """The engine against independent computations: the FedAvg formula by hand, a plain per-client
 loop, its own chunked/unchunked paths, and its contract (seeds, stragglers, errors, stop)."""
+import itertools
 import re
 
 import jax
@@ -7,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from scipy import stats
 
 import fedlab
 from conftest import toy_data
 from fedlab.algorithms import common
+from fedlab.core import engine
 from fedlab.core.types import ClientOutput, Strategy, tree_nbytes
 
 
@@ -230,11 +233,6 @@ def test_client_metrics_are_weighted_means_with_and_without_a_custom_aggregate()
 
 def test_fixed_sampling_draws_every_subset_equally_often():
     """6 clients, 2 a round: the 15 possible pairs, each 1/15 of 6000 draws (chi-square)."""
-    import itertools
-
-    from scipy import stats
-
-    from fedlab.core import engine
     plan = engine.Plan(6, 2, 2, 2, 1, 1, None, 1, "fixed", 0.0)
     draw = jax.jit(jax.vmap(lambda k: engine.sample_fixed(plan, k)))
     ids = np.asarray(draw(jax.random.split(jax.random.key(0), 6000)))
