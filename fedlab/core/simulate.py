@@ -201,7 +201,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     one_state = strategy.client_state_init(params)
     client_states = jax.tree.map(lambda s: jnp.broadcast_to(s, (K,) + jnp.shape(s)).copy(), one_state)
 
-    chunk = (engine.auto_chunk(clients_per_round, tree_nbytes(params) // 4) if chunk_size == "auto"
+    num_params = tree_nbytes(params) // 4
+    chunk = (engine.auto_chunk(clients_per_round, num_params, jax.default_backend()) if chunk_size == "auto"
              else chunk_size)
     if sampling == "fixed":
         slots = math.ceil(clients_per_round / chunk) * chunk
