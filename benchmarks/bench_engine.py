@@ -6,11 +6,10 @@ sample-count-weighted mean; S = 100 clients / 10 per round, L = 1000 clients / 1
 multinomial logistic regression and an MLP 60-200-200-10. In one process, interleaved round by
 round (the machine's speed drifts), it times fedlab.simulate and three hand-written references
 (one jitted round with a vmap over all clients; lax.map over vmapped chunks of 5; the
-centralized floor, the same sample-gradients on one model), and prints
-steady seconds per round (median of rounds 2..R, then median over repetitions), the first round
-(compile included: cold in the first repetition, from a persistent compilation cache in the
-others), and the peers' rows read from RESULTS.md. The data files are generated into
-benchmarks/data/ on first use.
+centralized floor, the same sample-gradients on one model), and prints steady seconds per round
+(median of rounds 2..R, then median over repetitions), the first round (compile included: cold
+in the first repetition, from a persistent compilation cache in the others), and the peers' rows
+read from RESULTS.md. The data files are generated into benchmarks/data/ on first use.
 
     python benchmarks/bench_engine.py                  # the whole table (~10 min on 2 cores)
     python benchmarks/bench_engine.py --cells logreg:S mlp:L --reps 3
@@ -202,8 +201,8 @@ def main():
                       f"first {times[0]:.2f} s" + (f"  acc {acc:.3f}" if impl == "fedlab" else ""), flush=True)
 
     med = lambda d, i, c: float(np.median(d[i, c]))
-    print(f"\nSteady seconds per round (median of rounds 2..R, median over {a.reps} reps, interleaved round by round; "
-          f"this machine, this process)\n")
+    print(f"\nSteady seconds per round (median of rounds 2..R, median over {a.reps} reps, interleaved round "
+          f"by round; this machine, this process)\n")
     print("| implementation | " + " | ".join(a.cells) + " |")
     print("|---|" + "---|" * len(a.cells))
     for impl in impls:
