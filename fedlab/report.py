@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 from typing import Mapping
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -15,37 +16,58 @@ def _as_runs(histories) -> dict[str, pd.DataFrame]:
     return dict(histories)
 
 
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+PANELS = (("test_accuracy", "test accuracy"), ("train_loss", "train loss"),
+          ("client_acc_p50", "client accuracy (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)"))
+EPSILON_PANEL = ("epsilon", "privacy spent (epsilon)")
+
+
+def thin(frame: pd.DataFrame, limit: int | None) -> pd.DataFrame:
+    """At most ``limit`` rows (all when None), evenly spaced, always keeping the last one."""
+    if limit is None or len(frame) <= limit:
+        return frame
+    keep = np.unique(np.linspace(0, len(frame) - 1, limit).round().astype(int))
+    return frame.iloc[keep]
+
+
+def run_traces(history: pd.DataFrame, name: str, color: str, panels, limit: int | None = None) -> list[dict]:
+    """Scatter-trace dicts of one run, one (or, for client accuracy, a band and a line) per panel
+    of a two-column subplot grid (xaxis/yaxis set: panel j is on axes x{j+1}); each series
+    thinned to ``limit`` points. Megabytes sent are cumulative (up + down)."""
+    traces = []
+    for j, (col, _) in enumerate(panels):
+        axis = "" if j == 0 else str(j + 1)
+        base = dict(type="scatter", mode="lines", name=name, line=dict(color=color), legendgroup=name,
+                    xaxis="x" + axis, yaxis="y" + axis, showlegend=j == 0)
+        if col not in history:
+            traces.append({**base, "x": [], "y": []})
+            continue
+        if col == "bytes_up":
+            mb = (history["bytes_up"] + history["bytes_down"]).cumsum() / 1e6
+            d = thin(pd.DataFrame({"round": history["round"], "y": mb}), limit)
+            traces.append({**base, "x": d["round"].tolist(), "y": d["y"].tolist()})
+            continue
+        cols = ["round", col] + (["client_acc_p10", "client_acc_p90"] if col == "client_acc_p50" else [])
+        d = thin(history[[c for c in cols if c in history]].dropna(), limit)
+        if col == "client_acc_p50" and "client_acc_p10" in d and "client_acc_p90" in d:
+            x = d["round"].tolist()
+            band_y = d["client_acc_p90"].tolist() + d["client_acc_p10"].tolist()[::-1]
+            traces.append({**base, "x": x + x[::-1], "y": band_y, "fill": "toself", "fillcolor": color,
+                           "opacity": 0.15, "line": dict(width=0), "showlegend": False, "hoverinfo": "skip"})
+        traces.append({**base, "x": d["round"].tolist(), "y": d[col].tolist()})
+    return traces
+
+
 def convergence_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame]) -> go.Figure:
-    """Test accuracy, losses, per-client accuracy spread and megabytes sent vs round, one colour
-    per run (only the panels whose columns exist are drawn)."""
+    """Test accuracy, losses, per-client accuracy spread, megabytes sent (and epsilon when a run
+    has it) vs round, one colour per run (only the panels whose columns exist are drawn)."""
     runs = _as_runs(histories)
-    panels = [("test_accuracy", "test accuracy"), ("train_loss", "train loss"),
-              ("client_acc_p50", "client accuracy (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)")]
-    if any("epsilon" in h for h in runs.values()):
-        panels.append(("epsilon", "privacy spent (epsilon)"))
+    panels = PANELS + ((EPSILON_PANEL,) if any("epsilon" in h for h in runs.values()) else ())
     panels = [p for p in panels if any(p[0] in h and h[p[0]].notna().any() for h in runs.values())]
-    cols = 2
-    rows = max(1, -(-len(panels) // cols))
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[t for _, t in panels])
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"]
+    rows = max(1, -(-len(panels) // 2))
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels])
     for i, (name, h) in enumerate(runs.items()):
-        color = palette[i % len(palette)]
-        for j, (col, _) in enumerate(panels):
-            if col not in h:
-                continue
-            r, c = j // cols + 1, j % cols + 1
-            d = h[["round", *[x for x in (col, "client_acc_p10", "client_acc_p90") if x in h]]].dropna()
-            y = d[col]
-            if col == "bytes_up":
-                d = h[["round", "bytes_up", "bytes_down"]]
-                y = (d["bytes_up"] + d["bytes_down"]).cumsum() / 1e6
-            if col == "client_acc_p50" and "client_acc_p10" in d:
-                fig.add_trace(go.Scatter(x=list(d["round"]) + list(d["round"])[::-1],
-                                         y=list(d["client_acc_p90"]) + list(d["client_acc_p10"])[::-1],
-                                         fill="toself", fillcolor=color, opacity=0.15, line_width=0,
-                                         showlegend=False, hoverinfo="skip", legendgroup=name), row=r, col=c)
-            fig.add_trace(go.Scatter(x=d["round"], y=y, mode="lines", name=name, line_color=color,
-                                     legendgroup=name, showlegend=j == 0), row=r, col=c)
+        fig.add_traces(run_traces(h, name, PALETTE[i % len(PALETTE)], panels))
     fig.update_xaxes(title_text="round")
     fig.update_layout(height=330 * rows, margin=dict(l=50, r=20, t=60, b=40), template="plotly_white")
     return fig

@@ -15,7 +15,7 @@ import fedlab  # noqa: E402
 from fedlab.algorithms import common  # noqa: E402
 from fedlab.core.registry import ALGORITHMS  # noqa: E402
 from fedlab.ui import RunError, Workbench, dp_available  # noqa: E402
-from fedlab.ui.workbench import run_traces  # noqa: E402
+from fedlab.report import run_traces  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,7 @@ def test_run_traces_thin_long_histories():
     rounds = np.arange(1, 2001)
     h = pd.DataFrame({"round": rounds, "test_accuracy": rounds / 2000, "train_loss": 1 / rounds,
                       "bytes_up": 10, "bytes_down": 5})
-    traces = run_traces(h, "r", "#000", [("test_accuracy", "a"), ("train_loss", "l"), ("bytes_up", "mb")])
+    traces = run_traces(h, "r", "#000", [("test_accuracy", "a"), ("train_loss", "l"), ("bytes_up", "mb")], 400)
     acc, _, mb = traces
     assert len(acc["x"]) <= 400 and acc["x"][0] == 1 and acc["x"][-1] == 2000
     np.testing.assert_allclose(acc["y"], np.array(acc["x"]) / 2000)

@@ -26,22 +26,17 @@ from typing import Any
 
 import ipywidgets as W
 import jax
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 import fedlab
 from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS
-from fedlab.report import final_metrics, write_report
+from fedlab.report import EPSILON_PANEL, PALETTE, PANELS, final_metrics, run_traces, write_report
 
 
 HIDDEN_DATASETS = ("csv", "npz")        # need a path: pass ``data=`` to the Workbench instead
 DEFAULT_PARTITION = "default"           # the dataset's natural clients if it has them, else IID
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
-PANELS = (("test_accuracy", "test accuracy"), ("train_loss", "train loss"),
-          ("client_acc_p50", "client accuracy (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)"))
-EPSILON_PANEL = ("epsilon", "privacy spent (epsilon)")
 LOG_KNOBS = {"client_lr": (-4, 0), "server_lr": (-3, 1), "lr": (-4, 0)}   # log10 ranges
 MAX_POINTS = 400                        # longer histories are thinned before they are sent
 
@@ -106,41 +101,6 @@ def _bounds(widget) -> tuple[float, float]:
 
 def _spec_value(value) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def _thin(frame: pd.DataFrame, limit: int = MAX_POINTS) -> pd.DataFrame:
-    """At most ``limit`` rows, evenly spaced, always keeping the last one."""
-    if len(frame) <= limit:
-        return frame
-    keep = np.unique(np.linspace(0, len(frame) - 1, limit).round().astype(int))
-    return frame.iloc[keep]
-
-
-def run_traces(history: pd.DataFrame, name: str, color: str, panels) -> list[dict]:
-    """Scatter-trace dicts (with xaxis/yaxis set) of one run on the workbench's panels; the same
-    quantities as :func:`fedlab.report.convergence_figure`."""
-    traces = []
-    for j, (col, _) in enumerate(panels):
-        axis = "" if j == 0 else str(j + 1)
-        base = dict(type="scatter", mode="lines", name=name, line=dict(color=color), legendgroup=name,
-                    xaxis="x" + axis, yaxis="y" + axis, showlegend=j == 0)
-        if col not in history:
-            traces.append({**base, "x": [], "y": []})
-            continue
-        if col == "bytes_up":
-            mb = (history["bytes_up"] + history["bytes_down"]).cumsum() / 1e6
-            d = _thin(pd.DataFrame({"round": history["round"], "y": mb}))
-            traces.append({**base, "x": d["round"].tolist(), "y": d["y"].tolist()})
-            continue
-        cols = ["round", col] + (["client_acc_p10", "client_acc_p90"] if col == "client_acc_p50" else [])
-        d = _thin(history[[c for c in cols if c in history]].dropna())
-        if col == "client_acc_p50":
-            x = d["round"].tolist()
-            band_y = (d["client_acc_p90"].tolist() + d["client_acc_p10"].tolist()[::-1]) if len(d) else []
-            traces.append({**base, "x": x + x[::-1], "y": band_y, "fill": "toself", "fillcolor": color,
-                           "opacity": 0.15, "line": dict(width=0), "showlegend": False, "hoverinfo": "skip"})
-        traces.append({**base, "x": d["round"].tolist(), "y": d[col].tolist()})
-    return traces
 
 
 def empty_figure(panels) -> go.FigureWidget:
@@ -743,11 +703,12 @@ class Workbench:
         traces = []
         if self._live is not None:
             name, rows = self._live
-            traces += run_traces(pd.DataFrame(rows), name, PALETTE[len(self.runs) % len(PALETTE)], self._panels)
+            traces += run_traces(pd.DataFrame(rows), name, PALETTE[len(self.runs) % len(PALETTE)], self._panels,
+                                 MAX_POINTS)
         for name in self.overlay.value:
             if name in self.runs and (self._live is None or name != self._live[0]):
                 color = PALETTE[list(self.runs).index(name) % len(PALETTE)]
-                traces += run_traces(self.runs[name], name, color, self._panels)
+                traces += run_traces(self.runs[name], name, color, self._panels, MAX_POINTS)
         return traces
 
     def _redraw(self):
