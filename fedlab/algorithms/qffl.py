@@ -41,11 +41,9 @@ def qffl(*, q: float = 1.0, client_lr: float = 0.01) -> Strategy:
         return QfflLocal(w_global, opt.init(w_global), w_global, jnp.zeros(()), jnp.zeros(()))
 
     def client_step(local, batch, loss_fn):
-        loss, grads = jax.value_and_grad(loss_fn)(local.params, batch)
-        updates, opt_state = opt.update(grads, local.opt_state, local.params)
-        return local._replace(params=optax.apply_updates(local.params, updates), opt_state=opt_state,
-                              start_loss_sum=local.start_loss_sum + loss_fn(local.start, batch),
-                              steps=local.steps + 1), loss
+        stepped, loss = common.sgd_step(opt, local, lambda p: jax.value_and_grad(loss_fn)(p, batch))
+        return stepped._replace(start_loss_sum=local.start_loss_sum + loss_fn(local.start, batch),
+                                steps=local.steps + 1), loss
 
     def client_final(local, client_state, info):
         f_k = jnp.maximum(local.start_loss_sum / jnp.maximum(local.steps, 1), 1e-10)

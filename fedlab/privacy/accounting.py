@@ -134,11 +134,8 @@ def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float,
             from dp_accounting import rdp
 
             return float(rdp.compute_epsilon(acc.orders, rounds * one_round, delta)[0])
-        fresh = _fresh_accountant(accountant, sampling)
-        with _quiet():
-            fresh.compose(dp_event(noise_multiplier, sampling_rate, rounds, sampling=sampling,
-                                   num_clients=num_clients))
-            return float(fresh.get_epsilon(delta))
+        return epsilon(noise_multiplier, sampling_rate, rounds, delta, accountant=accountant,
+                       sampling=sampling, num_clients=num_clients)
 
     return spent
 

@@ -141,9 +141,6 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
     def broadcast(state):
         return strategy.broadcast(state.inner), state.clip
 
-    def client_state_init(params):
-        return strategy.client_state_init(params)
-
     def client_init(received, client_state, info):
         inner_broadcast, clip_now = received
         return DPLocalState(strategy.client_init(inner_broadcast, client_state, info), clip_now)
@@ -190,7 +187,7 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
     requires = {**(strategy.requires or {}), "clients_per_round": clients_per_round,
                 "num_clients": num_clients, "sampling": sampling}
     return Strategy(f"dp({strategy.name})", server_init, client_init, client_step, client_final,
-                    server_update, broadcast, client_state_init, aggregate, report, requires)
+                    server_update, broadcast, strategy.client_state_init, aggregate, report, requires)
 
 
 def local_dp(strategy: Strategy, *, clip: float, noise_multiplier: float, delta: float = 1e-5) -> Strategy:
