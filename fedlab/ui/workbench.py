@@ -57,13 +57,9 @@ def _privacy():
 
 
 # ---- registry -> widgets --------------------------------------------------------------------
-def _keyword_knobs(factory) -> dict[str, Any]:
-    """Keyword-only parameters of a factory whose defaults are scalars (these become controls)."""
-    out = {}
-    for p in inspect.signature(factory).parameters.values():
-        if p.kind is p.KEYWORD_ONLY and isinstance(p.default, (bool, int, float, str)):
-            out[p.name] = p.default
-    return out
+def _scalar_knobs(entry) -> dict[str, Any]:
+    """The registry entry's knobs whose defaults are scalars (these become controls)."""
+    return {k: v for k, v in entry.knobs().items() if isinstance(v, (bool, int, float, str))}
 
 
 def _spec_knobs(factory) -> list[str]:
@@ -330,7 +326,7 @@ class Workbench:
         if entry is None:
             return {}
         out = {}
-        for name, default in _keyword_knobs(entry.factory).items():
+        for name, default in _scalar_knobs(entry).items():
             # algorithm knobs share widgets by name (client_lr keeps its value across algorithms)
             key = (kind, None if kind == "algorithm" else entry.name, name)
             if key not in self._knob_widgets:
@@ -352,7 +348,7 @@ class Workbench:
         entry = self._entry(kind)
         if entry is None:
             return None
-        knobs, defaults = self._knobs_of(kind), _keyword_knobs(entry.factory)
+        knobs, defaults = self._knobs_of(kind), _scalar_knobs(entry)
         values = []
         for name in _spec_knobs(entry.factory):    # a spec fills keyword knobs in order: stop at a gap
             if name not in knobs:
@@ -574,7 +570,7 @@ class Workbench:
 
     def _run_name(self, s: dict) -> str:
         opts = {k: v for k, v in s["algorithm_options"].items()
-                if v != _keyword_knobs(ALGORITHMS[s["algorithm"]].factory).get(k)}
+                if v != _scalar_knobs(ALGORITHMS[s["algorithm"]]).get(k)}
         label = s["algorithm"] + "".join(f" {k}={v:g}" if isinstance(v, float) else f" {k}={v}"
                                           for k, v in opts.items())
         if s["dp"] != "off":
