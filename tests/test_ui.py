@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import html
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -12,6 +15,7 @@ pytest.importorskip("ipywidgets")
 pytest.importorskip("anywidget")          # plotly >= 7 renders FigureWidget through anywidget
 
 import fedlab  # noqa: E402
+from conftest import ROOT  # noqa: E402
 from fedlab.algorithms import common  # noqa: E402
 from fedlab.core.registry import ALGORITHMS  # noqa: E402
 from fedlab.ui import RunError, Workbench, dp_available  # noqa: E402
@@ -241,3 +245,21 @@ def test_dp_controls_show_the_epsilon_the_run_spends(data, cache_dir):
     with pytest.raises(ValueError):
         wb.run(clip=-1.0)
     assert "clip norm must be > 0" in html.unescape(wb.message.value)
+
+
+def test_a_script_that_only_creates_a_workbench_exits_cleanly(tmp_path):
+    """The warm-up thread runs JAX in the background; an interpreter exiting under it used to abort
+    (exit code 134, "terminate called ..."): 5 times in 6 here once the compilation cache is warm,
+    so the cache (in a HOME of its own) is filled first and the exact command then runs twice."""
+    env = {**os.environ, "HOME": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def python(code):
+        return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+    prepared = python("from fedlab.ui import Workbench; Workbench()._warm.join()")
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    for _ in range(2):
+        proc = python("from fedlab.ui import Workbench; Workbench()")
+        assert "terminate called" not in proc.stderr, proc.stderr[-2000:]
+        assert proc.returncode == 0, proc.stderr[-2000:]

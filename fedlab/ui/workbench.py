@@ -13,6 +13,7 @@ the rounds it finished. Charts redraw at most once per ``redraw_interval`` secon
 """
 from __future__ import annotations
 
+import atexit
 import html
 import importlib.util
 import inspect
@@ -114,6 +115,24 @@ class RunError(RuntimeError):
     """A run ended by an exception; the workbench shows the message and keeps it here."""
 
 
+_exiting = threading.Event()            # set at interpreter exit: the warm-up skips what is left
+_warm_ups: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+@atexit.register                        # registered after jax's own hooks, so it runs before them
+def _end_background_threads():
+    """A daemon thread still inside JAX (compiling) when the interpreter tears JAX down aborts the
+    process ("terminate called ...", exit code 134): end the warm-up and any training (after its
+    current round) and wait for them first."""
+    _exiting.set()
+    for wb in list(Workbench._running):
+        wb._stop.set()
+    for wb in list(Workbench._running):
+        wb.wait()
+    for thread in list(_warm_ups):
+        thread.join()
+
+
 # ---- the workbench --------------------------------------------------------------------------
 class Workbench:
     """Controls, Run / Stop / Reset, live charts and a comparison table of federated runs.
@@ -156,20 +175,22 @@ class Workbench:
         self._warm: threading.Thread | None = None
         if warm_up and compilation_cache:
             self._warm = threading.Thread(target=self._warm_up, name="fedlab-warm-up", daemon=True)
+            _warm_ups.add(self._warm)
+            self.progress.value = "<i>warming up (loading data, compiling)...</i>"   # never 'ready' before
             self._warm.start()
 
     def _warm_up(self):
         """Load the data and compile one round of the current settings into the persistent cache
         while the user reads the controls, so the first Run shows its first point sooner."""
-        self.progress.value = "<i>warming up (loading data, compiling)...</i>"
         try:
             s = self.settings()
-            data = self._load(s)
-            fedlab.simulate(self._strategy(s, data), s["model"], data, rounds=1,
-                            clients_per_round=min(s["clients_per_round"], data.num_clients),
-                            local_steps=s["local_steps"], local_epochs=s["local_epochs"],
-                            batch_size=s["batch_size"], sampling=s["sampling"], stragglers=s["stragglers"],
-                            seed=s["seed"], progress=False, model_options=s["model_options"] or None)
+            data = None if _exiting.is_set() else self._load(s)
+            if data is not None and not _exiting.is_set():
+                fedlab.simulate(self._strategy(s, data), s["model"], data, rounds=1,
+                                clients_per_round=min(s["clients_per_round"], data.num_clients),
+                                local_steps=s["local_steps"], local_epochs=s["local_epochs"],
+                                batch_size=s["batch_size"], sampling=s["sampling"], stragglers=s["stragglers"],
+                                seed=s["seed"], progress=False, model_options=s["model_options"] or None)
         except Exception:               # noqa: BLE001 - a real run reports the same problem
             pass
         finally:
@@ -603,6 +624,7 @@ class Workbench:
         return _privacy()[0](strategy, **dp_kw)
 
     def _work(self, s: dict, name: str):
+        final = None                    # the last row's status, shown after the last redraw
         try:
             if self._warm is not None:
                 self._warm.join()
@@ -629,7 +651,7 @@ class Workbench:
                 history.settings["noise_multiplier"] = float(history["noise_multiplier"].iloc[-1])
             self.runs[name] = history
             self._live = (name, history.to_dict("records"))
-            self._progress(history.to_dict("records")[-1], s["rounds"], final=True, stopped=history.stopped)
+            final = (history.to_dict("records")[-1], s["rounds"], history.stopped)
         except Exception as err:       # noqa: BLE001 - every failure is shown in the UI
             self.last_error, self.last_traceback = err, traceback.format_exc()
             self._show_error(err)
@@ -640,6 +662,8 @@ class Workbench:
             try:
                 self._after_run()
             finally:
+                if final is not None:   # 'done' / 'stopped' only once the chart shows the last round
+                    self._progress(final[0], final[1], final=True, stopped=final[2])
                 self._set_busy(False)
 
     def _after_run(self):
