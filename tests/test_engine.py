@@ -183,7 +183,7 @@ def test_training_learns_a_separable_problem():
     (dict(rounds=0), "rounds must be an integer >= 1"),
     (dict(client_lr=0.0), "client_lr must be > 0"),
     (dict(client_lr=-1.0), "client_lr must be > 0"),
-    (dict(stragglers=1.0), "stragglers must be a fraction in [0, 1)"),
+    (dict(stragglers=1.0), "stragglers must be in [0, 1), got 1.0"),
     (dict(batch_size=0), "batch_size must be an integer >= 1"),
     (dict(local_steps=2, local_epochs=2), "not both"),
     (dict(sampling="random"), "sampling must be"),

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from fedlab.core.checks import check_number
 from fedlab.core.types import Params
 
 
@@ -24,11 +25,8 @@ class LocalState(NamedTuple):
 
 def client_optimizer(client_lr: float, client_optimizer: optax.GradientTransformation | None):
     """The client's optax optimizer: ``client_optimizer`` if given, else plain SGD at client_lr."""
-    if client_optimizer is not None:
-        return client_optimizer
-    if not client_lr > 0:
-        raise ValueError(f"client_lr must be > 0, got {client_lr}")
-    return optax.sgd(client_lr)
+    client_lr = check_number("client_lr", client_lr, 0, low_open=True)
+    return client_optimizer if client_optimizer is not None else optax.sgd(client_lr)
 
 
 def local_init(opt: optax.GradientTransformation, w_global: Params) -> LocalState:

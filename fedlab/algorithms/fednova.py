@@ -30,4 +30,5 @@ def fednova(*, client_lr: float = 0.01) -> Strategy:
         normalized, tau_eff = aggregate                 # sum_i p_i d_i and sum_i p_i tau_i
         return state._replace(params=tree.tree_add_scale(state.params, tau_eff, normalized))
 
-    return local_sgd._replace(name="fednova", client_final=client_final, server_update=server_update)
+    return local_sgd._replace(name="fednova", client_final=client_final, server_update=server_update,
+                              model_update=False)      # the update is (d_i, tau_i)

@@ -11,6 +11,7 @@ import jax
 import optax
 
 from fedlab.algorithms.fedavg import fedavg
+from fedlab.core.checks import check_number
 from fedlab.core.registry import register_algorithm
 from fedlab.core.types import Params, Strategy
 
@@ -23,17 +24,14 @@ class FedOptState(NamedTuple):
 
 
 def make_server_optimizer(name: str, *, server_lr: float, momentum: float = 0.0, beta1: float = 0.9,
-                     beta2: float = 0.99, tau: float = 1e-3) -> optax.GradientTransformation:
+                          beta2: float = 0.99, tau: float = 1e-3) -> optax.GradientTransformation:
     """The optax optimizer called ``name`` (one of SERVER_OPTIMIZERS) with the paper's knobs."""
     if name not in SERVER_OPTIMIZERS:
         raise ValueError(f"server_opt must be one of {list(SERVER_OPTIMIZERS)}, got {name!r}")
-    if not server_lr > 0:
-        raise ValueError(f"server_lr must be > 0, got {server_lr}")
-    for knob, value in (("momentum", momentum), ("beta1", beta1), ("beta2", beta2)):
-        if not 0 <= value < 1:
-            raise ValueError(f"{knob} must be in [0, 1), got {value}")
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
+    server_lr = check_number("server_lr", server_lr, 0, low_open=True)
+    momentum, beta1, beta2 = (check_number(knob, value, 0, 1, high_open=True)
+                              for knob, value in (("momentum", momentum), ("beta1", beta1), ("beta2", beta2)))
+    tau = check_number("tau", tau, 0, low_open=True)
     if name == "sgd":
         return optax.sgd(server_lr, momentum=momentum or None)
     if name == "adagrad":

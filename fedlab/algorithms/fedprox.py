@@ -7,6 +7,7 @@ import jax
 import optax
 
 from fedlab.algorithms import common
+from fedlab.core.checks import check_number
 from fedlab.core.registry import register_algorithm
 from fedlab.core.types import ClientOutput, Strategy
 
@@ -15,8 +16,7 @@ from fedlab.core.types import ClientOutput, Strategy
 def fedprox(*, mu: float = 0.01, client_lr: float = 0.01,
             client_optimizer: optax.GradientTransformation | None = None) -> Strategy:
     """FedProx: proximal term mu/2 ||w - w_t||^2; stragglers' partial work kept."""
-    if not mu >= 0:
-        raise ValueError(f"mu must be >= 0, got {mu}")
+    mu = check_number("mu", mu, 0)
     opt = common.client_optimizer(client_lr, client_optimizer)
 
     def client_init(w_global, client_state, info):

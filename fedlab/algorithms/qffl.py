@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from fedlab.algorithms import common
+from fedlab.core.checks import check_number
 from fedlab.core.registry import register_algorithm
 from fedlab.core.types import ClientOutput, Params, Strategy
 
@@ -32,8 +33,7 @@ class QfflLocal(NamedTuple):
 @register_algorithm("qffl")
 def qffl(*, q: float = 1.0, client_lr: float = 0.01) -> Strategy:
     """q-FFL (q-FedAvg): clients with a higher loss get more weight; q = 0 is FedAvg."""
-    if not q >= 0:
-        raise ValueError(f"q must be >= 0, got {q}")
+    q = check_number("q", q, 0)
     opt = common.client_optimizer(client_lr, None)
     lipschitz = 1.0 / client_lr
 
@@ -56,4 +56,5 @@ def qffl(*, q: float = 1.0, client_lr: float = 0.01) -> Strategy:
         delta, h = aggregate
         return state._replace(params=tree.tree_add_scale(state.params, -1.0 / h, delta))
 
-    return Strategy("qffl", common.server_init, client_init, client_step, client_final, server_update)
+    return Strategy("qffl", common.server_init, client_init, client_step, client_final, server_update,
+                    model_update=False)      # the update is (Delta_k, h_k)

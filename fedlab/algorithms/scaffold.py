@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedlab.core.checks import check_number
 from fedlab.core.registry import register_algorithm
 from fedlab.core.types import ClientOutput, Params, Strategy
 
@@ -32,10 +33,8 @@ class ScaffoldLocal(NamedTuple):
 @register_algorithm("scaffold")
 def scaffold(*, client_lr: float = 0.01, server_lr: float = 1.0) -> Strategy:
     """SCAFFOLD: control variates correct client drift (option II, local SGD)."""
-    if not client_lr > 0:
-        raise ValueError(f"client_lr must be > 0, got {client_lr}")
-    if not server_lr > 0:
-        raise ValueError(f"server_lr must be > 0, got {server_lr}")
+    client_lr = check_number("client_lr", client_lr, 0, low_open=True)
+    server_lr = check_number("server_lr", server_lr, 0, low_open=True)
 
     def server_init(params):
         return ScaffoldState(params, tree.tree_zeros_like(params))
@@ -69,4 +68,5 @@ def scaffold(*, client_lr: float = 0.01, server_lr: float = 1.0) -> Strategy:
                              tree.tree_add(state.control, delta_control))
 
     return Strategy("scaffold", server_init, client_init, client_step, client_final, server_update,
-                    broadcast=broadcast, client_state_init=client_state_init)
+                    broadcast=broadcast, client_state_init=client_state_init,
+                    model_update=False)      # the update is (y_i - x, control-variate delta)

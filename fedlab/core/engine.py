@@ -60,6 +60,10 @@ class DeviceData(NamedTuple):
 
 
 class RoundOutput(NamedTuple):
+    """metrics: local_loss (mean over the participants), participants (clients with weight > 0),
+    params_finite (1.0 if the new server params are all finite, else 0.0: the run diverged), and
+    the strategy's client metrics as weighted means and its aggregate's metrics."""
+
     server_state: Any
     client_states: Any
     metrics: dict
@@ -179,16 +183,23 @@ def _round_body(plan: Plan, strategy: Strategy, model: Model):
             cstate, cid, steps, full, ok = xs
             out, new_state, local_loss = jax.vmap(work, in_axes=(None, 0, 0, 0, 0, None))(
                 broadcast, cstate, cid, steps, full, (k_batches, k_clients))
-            w = out.weight * ok
-            chunk_sums = {"local_loss": jnp.sum(local_loss * ok), "participants": jnp.sum((w > 0).astype(jnp.float32)),
-                          **{name: jnp.sum(v * w) for name, v in out.metrics.items()}}
+            # Participants: real slots with weight > 0. The others are masked with where, never
+            # multiplied by 0 (0 * NaN is NaN): what a dropped client or a padding slot computed
+            # cannot reach the aggregate, the losses or the metrics.
+            take = ok & (out.weight > 0)
+            w = jnp.where(take, out.weight, 0.0)
+            update = jax.tree.map(lambda u: jnp.where(take.reshape((-1,) + (1,) * (u.ndim - 1)), u, 0),
+                                  out.update)
+            chunk_sums = {"local_loss": jnp.sum(jnp.where(take, local_loss, 0.0)),
+                          "participants": jnp.sum(take.astype(jnp.float32)),
+                          **{name: jnp.sum(jnp.where(take, v, 0.0) * w) for name, v in out.metrics.items()}}
             sums = jax.tree.map(jnp.add, sums, chunk_sums)
             if stacked:
-                return (sum_wu, sum_w + jnp.sum(w), sums), (out.update, w, new_state)
-            sum_wu = jax.tree.map(lambda s, u: s + jnp.tensordot(w, u, 1), sum_wu, out.update)
+                return (sum_wu, sum_w + jnp.sum(w), sums), (update, w, new_state)
+            sum_wu = jax.tree.map(lambda s, u: s + jnp.tensordot(w, u, 1), sum_wu, update)
             return (sum_wu, sum_w + jnp.sum(w), sums), (None, None, new_state)
 
-        xs = jax.tree.map(chunked, (my_states, ids, num_steps, full_steps, valid.astype(jnp.float32)))
+        xs = jax.tree.map(chunked, (my_states, ids, num_steps, full_steps, valid))
         one = jax.eval_shape(work, broadcast, jax.tree.map(lambda s: s[0], my_states),
                              ids[0], num_steps[0], full_steps[0], (k_batches, k_clients))[0]
         sums = {name: jnp.zeros((), jnp.float32) for name in ("local_loss", "participants", *one.metrics)}
@@ -199,19 +210,25 @@ def _round_body(plan: Plan, strategy: Strategy, model: Model):
         target = jnp.where(valid, ids, plan.num_clients)            # padding slots write nowhere
         client_states = jax.tree.map(lambda s, new: s.at[target].set(new, mode="drop"),
                                      client_states, flat_states)
-        metrics = {"local_loss": sums.pop("local_loss") / jnp.maximum(jnp.sum(valid), 1),
-                   "participants": sums.pop("participants"),
+        participants = sums.pop("participants")
+        metrics = {"local_loss": sums.pop("local_loss") / jnp.maximum(participants, 1),
+                   "participants": participants,
                    **{name: v / jnp.maximum(sum_w, 1e-12) for name, v in sums.items()}}
         if stacked:
             updates = jax.tree.map(lambda t: t.reshape((plan.slots,) + t.shape[2:]), updates)
             weights = weights.reshape(plan.slots)
-            if is_host_aggregator(strategy.aggregate):    # finished on the host by finish_round
+            if is_host_aggregator(strategy.aggregate):    # finished on the host by finish_on_host
                 return RoundOutput(server_state, client_states, metrics, (updates, weights, k_agg))
             aggregate, agg_metrics = strategy.aggregate(updates, weights, k_agg)
             metrics.update(agg_metrics)
         else:
             aggregate = jax.tree.map(lambda s: s / jnp.maximum(sum_w, 1e-12), sum_wu)
-        return RoundOutput(strategy.server_update(server_state, aggregate), client_states, metrics)
+        new_server = strategy.server_update(server_state, aggregate)
+        if not strategy.update_when_empty:      # no participant: the server state stays as it was
+            new_server = jax.tree.map(lambda new, old: jnp.where(sum_w > 0, new, old),
+                                      new_server, server_state)
+        metrics["params_finite"] = params_finite(new_server.params)
+        return RoundOutput(new_server, client_states, metrics)
 
     return round_body
 
@@ -280,9 +297,20 @@ def poisson_slots(clients_per_round: int, num_clients: int, chunk: int) -> int:
     return min(math.ceil(min(bound, num_clients) / chunk) * chunk, math.ceil(num_clients / chunk) * chunk)
 
 
+def params_finite(params) -> jax.Array:
+    """1.0 if every leaf of ``params`` is finite (no NaN, no +-inf), else 0.0: a diverged model."""
+    finite = [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]
+    return jnp.all(jnp.stack(finite)).astype(jnp.float32) if finite else jnp.float32(1.0)
+
+
 def finish_on_host(strategy: Strategy, server_update, out: RoundOutput) -> RoundOutput:
-    """Run a host aggregator (NumPy, outside jit) on the pending updates, then the server update."""
+    """Run a host aggregator (NumPy, outside jit) on the pending updates, then the server update;
+    a round with no participant leaves the server state as it was (unless update_when_empty)."""
     updates, weights, key = out.pending
-    aggregate, agg_metrics = strategy.aggregate(jax.tree.map(np.asarray, updates), np.asarray(weights), key)
-    metrics = {**out.metrics, **agg_metrics}
-    return RoundOutput(server_update(out.server_state, aggregate), out.client_states, metrics)
+    weights = np.asarray(weights)
+    server_state, agg_metrics = out.server_state, {}
+    if weights.sum() > 0 or strategy.update_when_empty:
+        aggregate, agg_metrics = strategy.aggregate(jax.tree.map(np.asarray, updates), weights, key)
+        server_state = server_update(server_state, aggregate)
+    metrics = {**out.metrics, **agg_metrics, "params_finite": params_finite(server_state.params)}
+    return RoundOutput(server_state, out.client_states, metrics)

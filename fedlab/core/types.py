@@ -12,6 +12,10 @@ One round, for the sampled clients k (all in one compiled program)::
     output_k, client_state_k = strategy.client_final(local, client_state_k, info_k)
     aggregate = sum_k w_k * output_k.update / sum_k w_k                # w_k = output_k.weight
     server_state = strategy.server_update(server_state, aggregate)
+
+Clients with w_k = 0 (dropped) and padding slots are masked out, never multiplied by 0, so a
+NaN they produce cannot reach the aggregate. A round with no participant (sum_k w_k = 0) leaves
+the server state as it was, unless the strategy sets ``update_when_empty``.
 """
 from __future__ import annotations
 
@@ -90,6 +94,11 @@ class Strategy(NamedTuple):
     report(rounds_done) -> dict of host-side metrics for the History (e.g. privacy spent).
     requires: ``simulate`` settings the strategy was built for (``dp`` accounts for a given
       clients_per_round, num_clients and sampling); ``simulate`` refuses to run with others.
+    model_update: the update is a model delta shaped like params; wrappers that clip or noise it
+      (dp, local_dp) rely on this. False when the update carries more (FedNova's tau, q-FFL's h,
+      SCAFFOLD's control-variate delta).
+    update_when_empty: run server_update even on a round with no participant (sum of weights 0);
+      False keeps the server state unchanged on such a round.
     """
 
     name: str
@@ -103,6 +112,8 @@ class Strategy(NamedTuple):
     aggregate: Callable | None = None
     report: Callable | None = None
     requires: dict | None = None
+    model_update: bool = True
+    update_when_empty: bool = False
 
 
 def host_aggregator(fn: Callable) -> Callable:

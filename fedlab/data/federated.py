@@ -110,6 +110,40 @@ class FederatedDataset:
         if self.train_weights is not None and self.train_weights.shape != self.y_train.shape:
             raise ValueError("train_weights must have one weight per training example")
 
+    def check(self) -> list[str]:
+        """Degenerate data, caught before a run (``validate`` checks the layout, this the content).
+
+        Errors (ValueError): a classification target with a single class in the training rows
+        (nothing to learn); no test rows at all (nothing to evaluate). Warnings, returned as
+        strings (empty list: all is well): some clients without test rows (per-client accuracy
+        leaves them out); constant feature columns of tabular data (named when ``feature_names``
+        is set; images, whose borders are often constant, are not checked).
+        """
+        if self.num_classes > 0:
+            classes = np.unique(self.y_train)
+            if len(classes) < 2:
+                raise ValueError(f"target has a single class in the training rows (every label is "
+                                 f"{classes[0]}): a classifier has nothing to learn; check the target column")
+        K, missing = self.num_clients, int(np.sum(self.test_counts == 0))
+        if missing == K:
+            raise ValueError("the dataset has no test rows, so no run can be evaluated; keep some for "
+                             "testing with test_fraction > 0 (load_federated, federate)")
+        found = []
+        if missing:
+            found.append(f"{missing} of {K} clients have no test rows; per-client accuracy covers the other "
+                         f"{K - missing}")
+        if len(self.input_shape) == 1:          # tabular: images often have constant borders
+            parts = [x for x in (self.x_train, self.x_test) if len(x)]
+            low, high = np.min([x.min(0) for x in parts], 0), np.max([x.max(0) for x in parts], 0)
+            constant = np.flatnonzero(low == high)
+            if len(constant):
+                named = self.feature_names is not None and len(self.feature_names) == self.num_features
+                shown = [self.feature_names[j] if named else int(j) for j in constant[:5]]
+                more = f" and {len(constant) - 5} more" if len(constant) > 5 else ""
+                found.append(f"{len(constant)} constant feature column(s) carry no information: "
+                             f"{', '.join(map(str, shown))}{more}" + ("" if named else " (column indices)"))
+        return found
+
     # ---- views ------------------------------------------------------------------------
     @property
     def num_clients(self) -> int:

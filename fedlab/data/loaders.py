@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -69,6 +70,10 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
             raise ValueError(f"features: must not contain the target column {target!r}")
     if not features:
         raise ValueError("features: no feature columns left")
+    constant = [c for c in features if df[c].nunique(dropna=False) <= 1]
+    if constant:
+        warnings.warn(f"features: constant column(s) {constant} carry no information; drop them from "
+                      "features", stacklevel=2)
     _missing(list(categorical), features, "categorical")
     _missing(list(log_columns), features, "log_columns")
     if task not in ("auto", "classification", "regression"):
@@ -271,7 +276,8 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
     'column:COL'), None for the dataset's natural clients if it has them, else IID;
     num_clients: clients of a non-natural partition (default 10), or the number of
     generated clients of a synthetic dataset (default 30); seed: all randomness derives
-    from ``jax.random.key(seed)``.
+    from ``jax.random.key(seed)``. The result passes ``FederatedDataset.check``: its errors
+    raise (a single-class target, no test rows), its warnings are issued with ``warnings.warn``.
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
         raise ValueError(f"seed: must be an integer, got {seed!r}")
@@ -299,9 +305,12 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
     if isinstance(data, FederatedDataset):
         if num_clients is not None and num_clients != data.num_clients:
             raise ValueError(f"num_clients: {dataset} has {data.num_clients} clients, got {num_clients}")
-        return data
-    if partition is None:
-        partition = "natural" if data.client_ids is not None else "iid"
-    if num_clients is None and not partition.startswith(("natural", "column")):
-        num_clients = min(DEFAULT_CLIENTS, data.num_examples)
-    return federate(data, partition, num_clients, _random.subkey(key, 1), test_fraction)
+    else:
+        if partition is None:
+            partition = "natural" if data.client_ids is not None else "iid"
+        if num_clients is None and not partition.startswith(("natural", "column")):
+            num_clients = min(DEFAULT_CLIENTS, data.num_examples)
+        data = federate(data, partition, num_clients, _random.subkey(key, 1), test_fraction)
+    for message in data.check():
+        warnings.warn(message, stacklevel=2)
+    return data

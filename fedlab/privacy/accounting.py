@@ -18,6 +18,8 @@ import contextlib
 import logging
 import math
 
+from fedlab.core.checks import check_int, check_number
+
 ACCOUNTANTS = ("rdp", "pld")
 SAMPLINGS = ("poisson", "fixed")
 # dp_accounting is imported where it is used: it takes seconds to import, and ``import fedlab``
@@ -43,30 +45,24 @@ def _quiet():
 
 
 def check_delta(delta: float) -> None:
-    if not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta}")
+    check_number("delta", delta, 0, 1, low_open=True, high_open=True)
 
 
 def check_epsilon(epsilon: float) -> None:
-    if not epsilon > 0:
-        raise ValueError(f"target_epsilon must be > 0, got {epsilon}")
+    check_number("target_epsilon", epsilon, 0, low_open=True)
 
 
 def check_clip(clip: float) -> None:
-    if not clip > 0:
-        raise ValueError(f"clip must be > 0, got {clip}")
+    check_number("clip", clip, 0, low_open=True)
 
 
 def check_noise(noise_multiplier: float) -> None:
-    if not noise_multiplier >= 0:
-        raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
+    check_number("noise_multiplier", noise_multiplier, 0)
 
 
 def check_sampling(sampling_rate, rounds, accountant, sampling, num_clients):
-    if not 0 < sampling_rate <= 1:
-        raise ValueError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
-    if not (isinstance(rounds, int) and rounds >= 0):
-        raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
+    check_number("sampling_rate", sampling_rate, 0, 1, low_open=True)
+    check_int("rounds", rounds, 0)
     if accountant not in ACCOUNTANTS:
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     if sampling not in SAMPLINGS:
@@ -124,8 +120,7 @@ def epsilon_tracker(noise_multiplier: float, sampling_rate: float, delta: float,
         one_round = acc.rdp
 
     def spent(rounds: int) -> float:
-        if not (isinstance(rounds, int) and rounds >= 0):
-            raise ValueError(f"rounds must be an int >= 0, got {rounds!r}")
+        check_int("rounds", rounds, 0)
         if rounds == 0:
             return 0.0
         if noise_multiplier == 0:

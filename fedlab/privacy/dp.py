@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fedlab.core.checks import check_int, check_number
 from fedlab.core.types import ClientOutput, Strategy
 from fedlab.privacy import accounting
 
@@ -76,12 +77,16 @@ def gaussian_like(key, tree, stddev):
                                         for k, x in zip(keys, leaves)])
 
 
-def _check_strategy(strategy):
+def _check_strategy(strategy, wrapper: str):
     if not isinstance(strategy, Strategy):
         raise ValueError(f"strategy must be a fedlab Strategy, got {type(strategy).__name__}")
     if strategy.aggregate is not None:
         raise ValueError(f"strategy {strategy.name!r} already has a custom aggregate; DP replaces the "
                          "aggregation, so wrap a strategy that uses the engine's weighted mean")
+    if not strategy.model_update:
+        raise ValueError(f"{wrapper}() clips and noises a model update (a delta shaped like the params); "
+                         f"{strategy.name} sends more than that (model_update=False: e.g. FedNova's tau, "
+                         "q-FFL's h, SCAFFOLD's control-variate delta), which must not be clipped or noised")
 
 
 def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: int,
@@ -99,23 +104,20 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
     ``count_noise_stddev`` (sigma_b) defaults to clients_per_round / 20, as Andrew et al.
     recommend.
     """
-    _check_strategy(strategy)
+    _check_strategy(strategy, "dp")
     accounting.check_clip(clip)
     accounting.check_delta(delta)
-    if not (isinstance(num_clients, int) and num_clients >= 1):
-        raise ValueError(f"num_clients must be an int >= 1, got {num_clients!r}")
-    if not (isinstance(clients_per_round, int) and 1 <= clients_per_round <= num_clients):
-        raise ValueError(f"clients_per_round must be an int in [1, num_clients={num_clients}], "
-                         f"got {clients_per_round!r}")
+    num_clients = int(check_int("num_clients", num_clients, 1))
+    clients_per_round = int(check_int("clients_per_round", clients_per_round, 1, num_clients))
     sampling_rate = clients_per_round / num_clients
     if (noise_multiplier is None) == (target_epsilon is None):
         raise ValueError("give exactly one of noise_multiplier and target_epsilon")
-    if rounds is not None and not (isinstance(rounds, int) and rounds >= 1):
-        raise ValueError(f"rounds must be an int >= 1, got {rounds!r}")
-    if not 0 < target_quantile < 1:
-        raise ValueError(f"target_quantile must be in (0, 1), got {target_quantile}")
-    if not clip_lr > 0:
-        raise ValueError(f"clip_lr must be > 0, got {clip_lr}")
+    if rounds is not None:
+        rounds = int(check_int("rounds", rounds, 1))
+    check_number("target_quantile", target_quantile, 0, 1, low_open=True, high_open=True)
+    check_number("clip_lr", clip_lr, 0, low_open=True)
+    if count_noise_stddev is not None:
+        check_number("count_noise_stddev", count_noise_stddev, 0)
     accounting.check_sampling(sampling_rate, rounds or 1, accountant, sampling, num_clients)
     if target_epsilon is not None:
         if rounds is None:
@@ -186,8 +188,11 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
 
     requires = {**(strategy.requires or {}), "clients_per_round": clients_per_round,
                 "num_clients": num_clients, "sampling": sampling}
+    # update_when_empty: an empty Poisson round still releases its noise; skipping it would reveal
+    # that nobody was sampled, which the accountant does not cover.
     return Strategy(f"dp({strategy.name})", server_init, client_init, client_step, client_final,
-                    server_update, broadcast, strategy.client_state_init, aggregate, report, requires)
+                    server_update, broadcast, strategy.client_state_init, aggregate, report, requires,
+                    model_update=False, update_when_empty=True)
 
 
 def local_dp(strategy: Strategy, *, clip: float, noise_multiplier: float, delta: float = 1e-5) -> Strategy:
@@ -196,7 +201,7 @@ def local_dp(strategy: Strategy, *, clip: float, noise_multiplier: float, delta:
     against the server after taking part in every round so far (a Gaussian of sensitivity 2*clip
     per round, no sampling amplification), from dp_accounting's RDP accountant.
     """
-    _check_strategy(strategy)
+    _check_strategy(strategy, "local_dp")
     accounting.check_clip(clip)
     accounting.check_noise(noise_multiplier)
     accounting.check_delta(delta)

@@ -50,8 +50,13 @@ class Codec(NamedTuple):
         return SLOT_BITS - self.headroom_bits
 
     def quantize(self, x: np.ndarray) -> np.ndarray:
-        """[d] floats -> [d] uint64 offset fixed point; ValueError if a value does not fit."""
-        q = np.round(np.asarray(x, np.float64) * 2.0 ** self.fraction_bits)
+        """[d] floats -> [d] uint64 offset fixed point; ValueError if a value is NaN, infinite or
+        does not fit (a NaN would otherwise encode as garbage that spills into the next slot)."""
+        x = np.asarray(x, np.float64)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"the update has {int(np.sum(~np.isfinite(x)))} NaN or infinite values; "
+                             "Paillier encrypts finite fixed-point numbers only (did the client diverge?)")
+        q = np.round(x * 2.0 ** self.fraction_bits)
         limit = 2.0 ** (self.value_bits - 1)
         if np.abs(q).max(initial=0.0) >= limit:
             raise ValueError(f"value {np.abs(x).max():.3g} does not fit in {self.value_bits} bits at "

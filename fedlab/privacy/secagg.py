@@ -121,6 +121,9 @@ def secure_sum(vectors: np.ndarray, *, threshold: int | None = None, dropped=Non
     if vectors.ndim != 2 or vectors.shape[0] < 2:
         raise ValueError(f"vectors must be [clients >= 2, d], got shape {vectors.shape}")
     n, d = vectors.shape
+    if not np.all(np.isfinite(vectors)):
+        raise ValueError(f"vectors have {int(np.sum(~np.isfinite(vectors)))} NaN or infinite values; secure "
+                         "aggregation sums finite fixed-point numbers only (did a client diverge?)")
     t = n // 2 + 1 if threshold is None else threshold
     if not (isinstance(t, (int, np.integer)) and 2 <= t <= n):
         raise ValueError(f"threshold must be an int in [2, clients={n}], got {threshold!r}")
