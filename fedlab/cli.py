@@ -1,150 +1,246 @@
 """``python -m fedlab run ...`` and ``python -m fedlab list`` (a stable, scripted contract).
 
-Algorithm options (``--mu``, ``--server-lr``, ...) are made from the registered strategies'
-keyword arguments, so a newly registered strategy is usable from the command line at once.
-Bad values end the program with one line naming the flag and the accepted range, exit code 2.
+The flags are made from the fields of ``fedlab.Experiment`` and ``fedlab.Privacy`` (their help
+and true defaults) and from the registered strategies' and models' options, so a setting added
+to the Experiment, or a newly registered strategy, is on the command line at once. The command
+line builds one Experiment: ``--config FILE`` (an experiment.json) gives the starting values and
+flags given after it override them. Bad values end the program with one line naming the flag and
+the accepted range, exit code 2, before any work. A run that diverges exits 3, one that fails
+exits 4, Ctrl-C exits 130 (each after writing the rounds done and a checkpoint).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import re
 import sys
+import warnings
 
-from fedlab.privacy import cli as privacy_cli
+from fedlab.core.experiment import Experiment, Privacy, flag_of, option_flag, parse_spec, settable_knobs
+from fedlab.core.experiment import _from_text as from_text
 
-#: library parameter -> command-line flag, for error messages
-FLAGS = {"rounds": "--rounds", "clients_per_round": "--clients-per-round", "local_steps": "--local-steps",
-         "local_epochs": "--local-epochs", "batch_size": "--batch-size", "client_lr": "--lr",
-         "stragglers": "--stragglers", "sampling": "--sampling", "seed": "--seed",
-         "eval_every": "--eval-every", "chunk_size": "--chunk-size", "num_clients": "--clients",
-         "dataset": "--dataset", "partition": "--partition", "target": "--target", "model": "--model",
-         "algorithm": "--algorithm"}
-FLAGS.update(privacy_cli.FLAGS)
-
-_SKIP_KNOBS = {"client_lr", "client_optimizer"}
+EXIT = {"completed": 0, "stopped": 0, "interrupted": 130, "diverged": 3, "failed": 4}
+OUTPUT_FLAGS = ("out", "no_progress", "compilation_cache", "checkpoint_every", "resume", "rounds")
 
 
-class CliError(Exception):
+class CliError(ValueError):
     pass
 
 
-def _algorithm_knobs() -> dict[str, object]:
-    """Every scalar option of every registered strategy, with its first-seen default."""
-    from fedlab.core.registry import ALGORITHMS
-
-    knobs = {}
-    for entry in ALGORITHMS.entries():
-        for name, default in entry.knobs().items():
-            if name not in _SKIP_KNOBS and isinstance(default, (int, float, str)) and name not in knobs:
-                knobs[name] = default
-    return knobs
+def _field_flags() -> dict[str, str]:
+    """Experiment / Privacy field name -> flag (for error messages)."""
+    flags = {f.name: flag_of(f) for cls in (Experiment, Privacy) for f in dataclasses.fields(cls) if flag_of(f)}
+    return {**flags, "dataset_options": "--dataset", "partition_options": "--partition", "target": "--target",
+            "out": "--out", "checkpoint_every": "--checkpoint-every", "config": "--config", "resume": "--resume"}
 
 
-def _chunk(value: str):
-    return value if value == "auto" else int(value)
+def _option_defaults(registry) -> dict[str, dict[str, object]]:
+    """option -> {entry name: default} over every registered entry that takes it."""
+    out: dict[str, dict[str, object]] = {}
+    for entry in registry.entries():
+        for name, default in settable_knobs(entry).items():
+            out.setdefault(name, {})[entry.name] = default
+    return out
+
+
+def _defaults_text(defaults: dict[str, object]) -> str:
+    """'default 0.01 (fedadam, fedopt), 1.0 (fedavgm)': every algorithm's own default."""
+    by_value: dict[str, list[str]] = {}
+    for entry, value in defaults.items():
+        text = ",".join(map(str, value)) if isinstance(value, tuple) else repr(value) if isinstance(value, str) else str(value)
+        by_value.setdefault(text, []).append(entry)
+    if len(by_value) == 1:
+        (text, names), = by_value.items()
+        return f"default {text} ({', '.join(names)})"
+    return "default " + "; ".join(f"{text} ({', '.join(names)})" for text, names in by_value.items())
+
+
+def _field_type(field: dataclasses.Field):
+    if field.name == "chunk_size":
+        return lambda v: v if v == "auto" else int(v)
+    default = field.default
+    if field.name in ("num_clients", "clients_per_round", "local_steps", "local_epochs") or isinstance(default, int):
+        return int
+    if isinstance(default, float) or field.name in ("target_epsilon", "noise_multiplier"):
+        return float
+    return str
+
+
+def _metavar(field: dataclasses.Field) -> str:
+    return flag_of(field)[2:].upper().replace("-", "_")
+
+
+def _help(field: dataclasses.Field) -> str:
+    text = field.metadata["help"]
+    default = field.default
+    if "default" in text or default is None or isinstance(default, bool):
+        return text
+    return f"{text} (default {default})"
 
 
 def build_parser() -> argparse.ArgumentParser:
     import fedlab  # noqa: F401  (registers everything)
+    from fedlab.core.registry import ALGORITHMS, MODELS
 
     parser = argparse.ArgumentParser(prog="python -m fedlab", description="fedlab: federated learning on JAX")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="print the registered algorithms, models, datasets and partitions")
-    run = sub.add_parser("run", help="train one federated run; writes DIR/history.csv and DIR/report.html",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = run.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic:1,1",
-                   help="synthetic:ALPHA,BETA | digits | lending_club | caravan | npz:PATH | csv:PATH")
-    g.add_argument("--partition", default=None,
-                   help="natural | iid | dirichlet:ALPHA | shards[:N] | quantity[:EXP] | feature_shift[:STD] "
-                        "| column:COL (default: the dataset's natural clients, else iid)")
-    g.add_argument("--target", default=None, help="target column (csv datasets)")
-    g.add_argument("--clients", type=int, default=None,
-                   help="number of clients (default: implied by the dataset or 30)")
-    g = run.add_argument_group("training")
-    g.add_argument("--algorithm", default="fedavg", help="a registered strategy (see `list`)")
-    g.add_argument("--model", default="logreg", help="a registered model (see `list`)")
-    g.add_argument("--rounds", type=int, default=20)
-    g.add_argument("--clients-per-round", type=int, default=None, help="default: min(10, clients)")
-    g.add_argument("--sampling", default="fixed", help="fixed (without replacement) or poisson")
-    work = g.add_mutually_exclusive_group()
-    work.add_argument("--local-epochs", type=int, default=None, help="passes over each client's data (default 1)")
-    work.add_argument("--local-steps", type=int, default=None, help="mini-batch steps per client")
-    g.add_argument("--batch-size", type=int, default=10)
-    g.add_argument("--lr", type=float, default=0.01, help="client learning rate (SGD)")
-    g.add_argument("--stragglers", type=float, default=0.0, help="fraction of clients doing partial work")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--eval-every", type=int, default=1)
-    g.add_argument("--chunk-size", type=_chunk, default="auto", help="clients per vmapped chunk")
-    g = run.add_argument_group("algorithm options (each applies to the algorithms that take it)")
-    for name, default in _algorithm_knobs().items():
-        g.add_argument("--" + name.replace("_", "-"), type=type(default) if default is not None else float,
-                       default=None, help=f"default {default!r}")
-    privacy_cli.add_arguments(run)
+    run = sub.add_parser("run", help="train one federated run; writes DIR/history.csv, DIR/report.html, "
+                                     "DIR/experiment.json, DIR/run.json and a checkpoint",
+                         argument_default=argparse.SUPPRESS)
+    g = run.add_argument_group("experiment file")
+    g.add_argument("--config", metavar="FILE", help="an experiment.json (from an earlier run's --out directory); "
+                                                    "flags given as well override its settings")
+    g.add_argument("--resume", metavar="DIR", help="continue the run in DIR up to --rounds rounds in total, "
+                                                   "appending to DIR/history.csv")
+    groups = {name: run.add_argument_group(name) for name in ("data", "model", "algorithm", "schedule")}
+    for field in dataclasses.fields(Experiment):
+        if flag_of(field) and field.metadata["group"] in groups:
+            groups[field.metadata["group"]].add_argument(flag_of(field), dest=field.name, type=_field_type(field),
+                                                         metavar=_metavar(field), help=_help(field))
+    groups["data"].add_argument("--target", help="target column of a csv:PATH dataset")
+    for title, registry in (("model options (each applies to the models that take it)", MODELS),
+                            ("algorithm options (each applies to the algorithms that take it)", ALGORITHMS)):
+        g = run.add_argument_group(title)
+        for name, defaults in _option_defaults(registry).items():
+            if name == "target":
+                continue
+            g.add_argument(option_flag(name), dest="option:" + name, metavar="VALUE",
+                           help=_defaults_text(defaults))
+    g = run.add_argument_group("differential privacy (central, user-level DP-FedAvg; on when --dp-epsilon or "
+                               "--dp-noise-multiplier is given; sampling then defaults to poisson)")
+    for field in dataclasses.fields(Privacy):
+        kind = ({"action": "store_true"} if isinstance(field.default, bool)
+                else {"type": _field_type(field), "metavar": _metavar(field)})
+        g.add_argument(flag_of(field), dest="dp:" + field.name, help=_help(field), **kind)
     g = run.add_argument_group("output")
-    g.add_argument("--out", default="fedlab-run", help="output directory")
+    g.add_argument("--out", default="fedlab-run", help="output directory (default fedlab-run)")
+    g.add_argument("--checkpoint-every", type=int, metavar="K",
+                   help="also write the checkpoint every K rounds (it is always written at the end, on "
+                        "Stop, on Ctrl-C and on divergence)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--compilation-cache", action="store_true",
                    help="keep compiled rounds on disk ($FEDLAB_CACHE or ~/.cache/fedlab/jax): repeat runs start fast")
     return parser
 
 
+def experiment_from_args(args: argparse.Namespace) -> Experiment:
+    """The Experiment the flags describe: --config's values, overridden by the flags given."""
+    from fedlab.core.registry import ALGORITHMS, MODELS
+
+    given = vars(args)
+    values: dict = {}
+    if "config" in given:
+        try:
+            with open(given["config"]) as f:
+                values = json.load(f)
+        except OSError as err:
+            raise CliError(f"--config: cannot read {given['config']!r} ({err.strerror})") from None
+        except json.JSONDecodeError as err:
+            raise CliError(f"--config: {given['config']!r} is not valid JSON ({err})") from None
+        if not isinstance(values, dict):
+            raise CliError(f"--config: {given['config']!r} must hold a JSON object of settings")
+    for field in dataclasses.fields(Experiment):
+        if field.name in given:
+            values[field.name] = given[field.name]
+    for kind in ("dataset", "partition"):
+        if kind in given:
+            name, options = parse_spec(kind, given[kind])
+            values[kind], values[f"{kind}_options"] = name, options
+    if "target" in given:
+        values["dataset_options"] = {**values.get("dataset_options", {}), "target": given["target"]}
+    for kind, registry in (("model", MODELS), ("algorithm", ALGORITHMS)):
+        entry = registry[values.get(kind, getattr(Experiment, kind))]
+        knobs = settable_knobs(entry)
+        options = dict(values.get(f"{kind}_options", {}))
+        for key, text in given.items():
+            if not key.startswith("option:") or key[7:] not in _option_defaults(registry):
+                continue
+            name = key[7:]
+            if name not in knobs:
+                takes = ", ".join(option_flag(k) for k in knobs) or "nothing"
+                raise CliError(f"{option_flag(name)} does not apply to --{kind} {entry.name} (it takes: {takes})")
+            options[name] = from_text(option_flag(name), text, knobs[name])
+        values[f"{kind}_options"] = options
+    dp = {key[3:]: value for key, value in given.items() if key.startswith("dp:")}
+    if dp:
+        privacy = dict(values.get("privacy") or {})
+        for pair in (("target_epsilon", "noise_multiplier"), ("noise_multiplier", "target_epsilon")):
+            if pair[0] in dp:
+                privacy[pair[1]] = None
+        values["privacy"] = {**privacy, **dp}
+    if values.get("privacy") is not None:
+        p = values["privacy"]
+        if p.get("target_epsilon") is None and p.get("noise_multiplier") is None:
+            raise CliError("--dp-clip and the other --dp-* flags need --dp-epsilon or --dp-noise-multiplier")
+    for pair in (("local_steps", "local_epochs"), ("local_epochs", "local_steps")):
+        if pair[0] in given and pair[1] not in given:
+            values[pair[1]] = None
+    return Experiment.from_dict(values)
+
+
 def _flag_message(exc: Exception) -> str:
-    """Rewrite a library error's leading parameter name as the flag the user typed."""
+    """A library error as one line, with setting names written as the flags the user typed."""
     msg = str(exc).strip().splitlines()[0]
-    m = re.match(r"([a-z_]+)(:| must| has|\b)", msg)
-    if m and m.group(1) in FLAGS:
-        return FLAGS[m.group(1)] + msg[len(m.group(1)):]
-    if m and m.group(1) in _algorithm_knobs():
-        return "--" + m.group(1).replace("_", "-") + msg[len(m.group(1)):]
-    return msg
+    flags = _field_flags()
+    m = re.match(r"([a-z][a-z0-9_]*)(\b)", msg)
+    if m and m.group(1) in flags:
+        msg = flags[m.group(1)] + msg[m.end(1):]
+    elif m and "_" in m.group(1) or m and m.group(1) in ("mu", "q", "tau", "momentum", "beta1", "beta2", "hidden",
+                                                          "channels", "dense"):
+        msg = option_flag(m.group(1)) + msg[m.end(1):]
+    # other multi-word setting names inside the message
+    return re.sub(r"(?<![-\w])([a-z]+_[a-z_]+)(?![\w])",
+                  lambda w: flags.get(w.group(1), w.group(1)), msg)
 
 
 def run(args) -> int:
     import fedlab
-    from fedlab.core.registry import ALGORITHMS
     from fedlab.report import write_report
 
-    entry = ALGORITHMS[args.algorithm]
-    options = {"client_lr": args.lr} if "client_lr" in entry.knobs() else {}
-    for name in _algorithm_knobs():
-        value = getattr(args, name)
-        if value is None:
-            continue
-        if name not in entry.knobs():
-            raise CliError(f"--{name.replace('_', '-')} does not apply to --algorithm {args.algorithm} "
-                           f"(it takes: {', '.join(sorted(k for k in entry.knobs() if k not in _SKIP_KNOBS)) or 'nothing'})")
-        options[name] = value
-    fedlab.MODELS[args.model]     # unknown names fail before the data is loaded
-    privacy_cli.check(args)
-    data = fedlab.data.load_federated(args.dataset, partition=args.partition, num_clients=args.clients,
-                                      seed=args.seed, target=args.target)
-    clients_per_round = args.clients_per_round or min(10, data.num_clients)
-    if args.compilation_cache:
+    given = vars(args)
+    if "resume" in given:
+        extra = sorted(k for k in given if k not in OUTPUT_FLAGS and k != "command")
+        if extra:
+            raise CliError(f"--resume continues the run as it was: only --rounds and output flags may be given "
+                           f"with it, got {', '.join(_field_flags().get(k, '--' + k.split(':')[-1].replace('_', '-')) for k in extra)}")
+        if "rounds" not in given:
+            raise CliError("--resume needs --rounds R (the total number of rounds to reach)")
+        out = given["resume"]
+    else:
+        experiment = experiment_from_args(args)
+        out = args.out
+    if "checkpoint_every" in given and args.checkpoint_every < 1:
+        raise CliError(f"--checkpoint-every must be an integer >= 1, got {args.checkpoint_every}")
+    if "compilation_cache" in given:
         fedlab.enable_compilation_cache()
-    algorithm = args.algorithm
-    if privacy_cli.requested(args):
-        algorithm = privacy_cli.wrap(entry.factory(**options), args, clients_per_round=clients_per_round,
-                                     num_clients=data.num_clients)
-        options = {}
-    history = fedlab.simulate(algorithm, args.model, data, rounds=args.rounds,
-                              clients_per_round=clients_per_round,
-                              local_steps=args.local_steps, local_epochs=args.local_epochs,
-                              batch_size=args.batch_size, sampling=args.sampling, stragglers=args.stragglers,
-                              seed=args.seed, eval_every=args.eval_every, chunk_size=args.chunk_size,
-                              progress=not args.no_progress, **options)
-    os.makedirs(args.out, exist_ok=True)
-    history.to_csv(os.path.join(args.out, "history.csv"), index=False)
-    write_report(history, os.path.join(args.out, "report.html"),
-                 title=f"fedlab: {args.algorithm} on {data.name}")
+    progress = "no_progress" not in given
+    try:
+        if "resume" in given:
+            history = fedlab.resume(out, args.rounds, progress=progress, checkpoint_every=given.get("checkpoint_every"))
+            experiment = Experiment.from_dict(history.settings)
+        else:
+            history = experiment.run(out=out, progress=progress, checkpoint_every=given.get("checkpoint_every"))
+    except KeyboardInterrupt:
+        print(f"fedlab: interrupted; the rounds done and a checkpoint are in {out}; continue with: "
+              f"python -m fedlab run --resume {out} --rounds R", file=sys.stderr)
+        return EXIT["interrupted"]
+    title = f"fedlab: {experiment.algorithm} on {experiment.dataset_spec}"
+    if len(history):
+        write_report(history, os.path.join(out, "report.html"), title=title)
+    if history.status in ("diverged", "failed"):
+        hint = "; try a smaller --lr" if history.status == "diverged" else ""
+        print(f"fedlab: {history.message}{hint} ({len(history)} rounds kept in {out})", file=sys.stderr)
+        return EXIT[history.status]
     last = history.iloc[-1]
-    print(f"{args.algorithm} on {data.name}: {len(history)} rounds, test accuracy "
+    print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, test accuracy "
           f"{last.get('test_accuracy', float('nan')):.4f}, train loss {last['train_loss']:.4f}, "
           f"{history['seconds'].sum():.2f} s training"
-          + (f", epsilon {last['epsilon']:.4g} (delta {args.dp_delta:g})" if "epsilon" in history else "")
-          + f"; wrote {args.out}/history.csv and report.html")
-    return 0
+          + (f", epsilon {last['epsilon']:.4g} (delta {experiment.privacy.delta:g})" if "epsilon" in history else "")
+          + f"; wrote {out}/history.csv, report.html, experiment.json")
+    return EXIT[history.status]
 
 
 def list_registered() -> int:
@@ -154,20 +250,28 @@ def list_registered() -> int:
                             ("partitions", PARTITIONS)):
         print(f"{title}:")
         for e in registry.entries():
-            knobs = {k: v for k, v in e.knobs().items() if k not in _SKIP_KNOBS | {"key", "num_clients"}}
-            opts = " ".join(f"{k}={v!r}" for k, v in knobs.items())
+            opts = " ".join(f"{k}={v!r}" for k, v in settable_knobs(e).items())
             print(f"  {e.name:<18} {e.description}" + (f"  [{opts}]" if opts else ""))
     return 0
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"fedlab: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    from fedlab.core.simulate import RunEndedWarning
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return list_registered() if args.command == "list" else run(args)
-    except (ValueError, CliError, FileNotFoundError) as exc:
-        print(f"fedlab: error: {_flag_message(exc)}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RunEndedWarning)    # run() prints how the run ended
+        warnings.showwarning = _one_line_warning
+        try:
+            return list_registered() if args.command == "list" else run(args)
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"fedlab: error: {_flag_message(exc)}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

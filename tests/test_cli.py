@@ -64,7 +64,7 @@ def test_csv_with_a_column_partition(tmp_path, capsys):
     (["--mu", "1.0"], "--mu does not apply to --algorithm fedavg"),
     (["--algorithm", "fedprox", "--mu", "-1"], "--mu must be >= 0"),
     (["--dataset", "csv:nowhere.csv", "--target", "y"], "--dataset: file 'nowhere.csv' not found"),
-    (["--stragglers", "1.5"], "--stragglers must be a fraction in [0, 1)"),
+    (["--stragglers", "1.5"], "--stragglers must be in [0, 1)"),
 ])
 def test_bad_values_exit_2_with_one_line_naming_the_flag(argv, flag, tmp_path, capsys):
     out = tmp_path / "o"

@@ -465,7 +465,7 @@ def test_cli_dp_flags(tmp_path, capsys):
         _rdp_poisson(h["noise_multiplier"].iloc[0], 4 / 12, 3, 1e-5), rel=1e-9)
     assert 4.9 < h["epsilon"].iloc[-1] <= 5.0 and h["epsilon"].is_monotonic_increasing
     # a given noise multiplier with fixed sampling: epsilon reported
-    assert cli_main(args + ["--dp-noise-multiplier", "1.1", "--dp-clip", "1.0"]) == 0
+    assert cli_main(args + ["--sampling", "fixed", "--dp-noise-multiplier", "1.1", "--dp-clip", "1.0"]) == 0
     h = pd.read_csv(out / "history.csv")
     assert h["epsilon"].iloc[-1] == pytest.approx(
         accounting.epsilon(1.1, 4 / 12, 3, 1e-5, sampling="fixed", num_clients=12), rel=1e-9)

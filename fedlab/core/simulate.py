@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -11,13 +12,28 @@ import numpy as np
 import pandas as pd
 
 from fedlab.core import engine
+from fedlab.core.checks import check_int, check_number
 from fedlab.core.registry import ALGORITHMS, MODELS
 from fedlab.core.types import Model, Strategy, tree_nbytes
 
 
 class StopTraining(Exception):
     """Raise from a callback to end the run after the current round; the History keeps the
-    rounds done so far and has ``stopped == True``."""
+    rounds done so far and has ``status == "stopped"``."""
+
+
+class RunEndedWarning(RuntimeWarning):
+    """Warned when a run ends diverged or failed (its History says the same in ``status``)."""
+
+
+class RunState(NamedTuple):
+    """Everything a run needs to continue after round ``round``: the server state (optimizer
+    states, DP's clip norm), every client's persistent state (SCAFFOLD's control variates).
+    Random streams need nothing more: round r's keys are ``fold_in(key(seed), r)``."""
+
+    round: int
+    server_state: Any
+    client_states: Any
 
 
 class RoundEvent(NamedTuple):
@@ -32,19 +48,41 @@ class RoundEvent(NamedTuple):
     params: Any
 
 
+#: How a run ended (``History.status``); every status but "completed" comes with a message.
+STATUSES = ("completed", "stopped", "interrupted", "diverged", "failed")
+
+
 class History(pd.DataFrame):
     """One row per round. Columns: round, clients (sampled), participants (weight > 0),
     local_loss, train_loss, test_loss, test_accuracy, test_balanced_accuracy,
     client_acc_{mean,std,min,p10,p50,p90,max} (test accuracy across clients), bytes_up,
     bytes_down, seconds (the round's training step: sampling, local work, aggregation; no
     evaluation), elapsed, and whatever the strategy reports. Attributes: ``params`` (final
-    server model), ``settings`` (the run's arguments), ``stopped`` (ended by StopTraining)."""
+    server model), ``settings`` (the run's arguments), ``status`` (one of STATUSES),
+    ``message`` (why it ended, for every status but "completed"), ``state`` (the RunState after
+    the last round kept, to continue the run), ``stopped`` (status is "stopped")."""
 
-    _metadata = ["params", "settings", "stopped"]
+    _metadata = ["params", "settings", "status", "message", "state"]
 
     @property
     def _constructor(self):
         return History
+
+    @property
+    def stopped(self) -> bool:
+        return getattr(self, "status", None) == "stopped"
+
+    def summary(self) -> str:
+        """One line: how the run ended and its last metrics."""
+        status = getattr(self, "status", "completed")
+        text = status if status == "completed" else f"{status}: {self.message}"
+        if len(self):
+            last = self.iloc[-1]
+            text += f" · {int(last['round'])} rounds"
+            for col in ("test_accuracy", "train_loss", "epsilon"):
+                if col in self and pd.notna(last[col]):
+                    text += f" · {col} {last[col]:.4g}"
+        return text
 
 
 class Evaluator:
@@ -112,15 +150,6 @@ _COLUMNS = ["round", "clients", "participants", "local_loss", "train_loss", "tes
             "client_acc_p10", "client_acc_p50", "client_acc_p90", "client_acc_max"]
 
 
-def _check_int(name, value, low, high=None):
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        rng = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        raise ValueError(f"{name} must be {rng}, got {value!r}")
-
-
 def resolve_strategy(strategy, knobs: dict) -> Strategy:
     if isinstance(strategy, Strategy):
         if knobs:
@@ -150,8 +179,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              stragglers: float = 0.0, seed: int = 0, eval_every: int = 1,
              chunk_size: int | str = "auto", callbacks: Sequence[Callable[[RoundEvent], Any]] = (),
              progress: bool = True, init_params=None, model_options: dict | None = None,
-             **strategy_options) -> History:
-    """Train ``strategy`` on the federated ``data`` for ``rounds`` rounds; return the History.
+             start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
+             checkpoint_every: int | None = None, **strategy_options) -> History:
+    """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
 
     strategy: a Strategy or a registered name (then ``strategy_options`` go to its factory,
     e.g. ``simulate("fedprox", "logreg", data, mu=1.0, client_lr=0.01, ...)``); model: a
@@ -163,29 +193,43 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     random 1..full-1 part of the work (FedProx paper). Evaluation every ``eval_every`` rounds
     and always at the last. Callbacks get a RoundEvent after each round and may raise
     StopTraining. Same seed, same History (up to the wall-time columns).
+
+    start: a RunState to continue from (rounds start.round + 1 .. rounds; a run continued
+    from round k gives the rows and parameters the uninterrupted run has after round k).
+    checkpoint(state) is called every ``checkpoint_every`` rounds and when the run ends for
+    any reason (completed, stopped, Ctrl-C, diverged: with the last finite state, failed).
+
+    A run never lies: a round with a non-finite loss or non-finite parameters ends the run with
+    status "diverged" (its row is not kept, the model is the last finite one); an exception in
+    a round (a host aggregator below its threshold, ...) ends it with status "failed" and
+    the rows done; Ctrl-C ends it with status "interrupted" (after the checkpoint, the
+    KeyboardInterrupt is raised again).
     """
     # ---- validate everything before any work ----
     K = data.num_clients
-    _check_int("rounds", rounds, 1)
+    check_int("rounds", rounds, 1)
     clients_per_round = K if clients_per_round is None else clients_per_round
-    _check_int("clients_per_round", clients_per_round, 1, K)
+    check_int("clients_per_round", clients_per_round, 1, K)
     if local_steps is not None and local_epochs is not None:
         raise ValueError("give local_steps or local_epochs, not both")
     if local_steps is None and local_epochs is None:
         local_epochs = 1
     if local_steps is not None:
-        _check_int("local_steps", local_steps, 1)
+        check_int("local_steps", local_steps, 1)
     else:
-        _check_int("local_epochs", local_epochs, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("eval_every", eval_every, 1)
-    _check_int("seed", seed, 0)
+        check_int("local_epochs", local_epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("eval_every", eval_every, 1)
+    check_int("seed", seed, 0)
     if sampling not in ("fixed", "poisson"):
         raise ValueError(f"sampling must be 'fixed' or 'poisson', got {sampling!r}")
-    if not (isinstance(stragglers, (int, float)) and 0 <= stragglers < 1):
-        raise ValueError(f"stragglers must be a fraction in [0, 1), got {stragglers!r}")
+    check_number("stragglers", stragglers, 0, 1, high_open=True)
     if chunk_size != "auto":
-        _check_int("chunk_size", chunk_size, 1, clients_per_round)
+        check_int("chunk_size", chunk_size, 1, clients_per_round)
+    if checkpoint_every is not None:
+        check_int("checkpoint_every", checkpoint_every, 1)
+    if start is not None and not 0 <= start.round < rounds:
+        raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
     strategy = resolve_strategy(strategy, strategy_options)
     actual = dict(clients_per_round=clients_per_round, num_clients=K, sampling=sampling)
@@ -195,11 +239,14 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                              f"{name}={actual[name]!r}; build it with the run's value")
     model = resolve_model(model, data, model_options)
 
-    k_init, k_run = jax.random.split(jax.random.key(seed))
-    params = model.init(k_init) if init_params is None else init_params
-    server_state = strategy.server_init(params)
-    one_state = strategy.client_state_init(params)
-    client_states = jax.tree.map(lambda s: jnp.broadcast_to(s, (K,) + jnp.shape(s)).copy(), one_state)
+    k_run = jax.random.split(jax.random.key(seed))[1]
+    _, server_state, client_states = initial_state(strategy, model, K, seed, init_params)
+    params = server_state.params
+    first_round = 1
+    if start is not None:
+        _check_same_structure("start.server_state", start.server_state, server_state)
+        _check_same_structure("start.client_states", start.client_states, client_states)
+        server_state, client_states, first_round = start.server_state, start.client_states, start.round + 1
 
     num_params = tree_nbytes(params) // 4
     chunk = (engine.auto_chunk(clients_per_round, num_params, jax.default_backend()) if chunk_size == "auto"
@@ -212,8 +259,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                        int(data.train_counts.max()), sampling, float(stragglers))
     dev = engine.device_data(data)
     in_program = sampling == "fixed"
+    # client states are not donated: a diverged round must leave the last finite ones intact
     round_fn = jax.jit(engine.make_sampling_round(plan, strategy, model) if in_program
-                       else engine.make_round(plan, strategy, model), donate_argnums=(1,))
+                       else engine.make_round(plan, strategy, model))
     server_update = jax.jit(strategy.server_update)
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
     evaluate = Evaluator(model, data)
@@ -222,55 +270,113 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                     local_epochs=local_epochs, batch_size=batch_size, sampling=sampling,
                     stragglers=stragglers, seed=seed, chunk_size=chunk, **strategy_options)
 
+    def one_round(r, server_state, client_states):
+        """Run round r; returns (RoundOutput, sampled clients, seconds)."""
+        t0 = time.perf_counter()
+        if in_program:      # fixed sampling: clients drawn inside the compiled round
+            num_sampled = clients_per_round
+            out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
+        else:
+            k_sample, k_round = jax.random.split(jax.random.fold_in(k_run, r))
+            ids, valid = engine.sample_poisson(plan, k_sample)
+            num_sampled = int(valid.sum())
+            out = round_fn(server_state, client_states, dev, ids, valid, k_round)
+        if out.pending is not None:
+            out = engine.finish_on_host(strategy, server_update, out)
+        out = out._replace(**dict(zip(("server_state", "client_states"),
+                                      jax.block_until_ready((out.server_state, out.client_states)))))
+        return out, num_sampled, time.perf_counter() - t0
+
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=rounds, desc=strategy.name, unit="round", leave=False)
-    rows, stopped, start = [], False, time.perf_counter()
+        bar = tqdm(total=rounds, initial=first_round - 1, desc=strategy.name, unit="round", leave=False)
+    state = RunState(first_round - 1, server_state, client_states)
+    rows, status, message, began = [], "completed", "", time.perf_counter()
     try:
-        for r in range(1, rounds + 1):
-            t0 = time.perf_counter()
-            if in_program:      # fixed sampling: clients drawn inside the compiled round
-                num_sampled = clients_per_round
-                out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
-            else:
-                k_sample, k_round = jax.random.split(jax.random.fold_in(k_run, r))
-                ids, valid = engine.sample_poisson(plan, k_sample)
-                num_sampled = int(valid.sum())
-                out = round_fn(server_state, client_states, dev, ids, valid, k_round)
-            if out.pending is not None:
-                out = engine.finish_on_host(strategy, server_update, out)
-            server_state, client_states = jax.block_until_ready((out.server_state, out.client_states))
-            seconds = time.perf_counter() - t0
-            metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
-            participants = metrics.pop("participants")
-            row = {"round": r, "clients": num_sampled, "participants": int(participants),
-                   "local_loss": metrics.pop("local_loss")}
-            if r % eval_every == 0 or r == rounds:
-                row.update(evaluate(server_state.params))
+        for r in range(first_round, rounds + 1):
+            try:
+                out, num_sampled, seconds = one_round(r, state.server_state, state.client_states)
+                metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+                participants = metrics.pop("participants")
+                finite_params = metrics.pop("params_finite", 1.0) == 1.0
+                row = {"round": r, "clients": num_sampled, "participants": int(participants),
+                       "local_loss": metrics.pop("local_loss")}
+                bad = _non_finite(row["local_loss"], finite_params)
+                if bad is None and (r % eval_every == 0 or r == rounds):
+                    row.update(evaluate(out.server_state.params))
+                    bad = _non_finite(row["train_loss"], True)
+            except Exception as err:    # noqa: BLE001 - reported as the run's status, rows kept
+                status, message = "failed", f"round {r}: {type(err).__name__}: {err}"
+                break
+            if bad is not None:
+                status, message = "diverged", f"diverged at round {r} ({bad})"
+                break
             row.update(metrics)
             if strategy.report is not None:
                 row.update(strategy.report(r))
             row.update(bytes_up=int(participants) * up_bytes, bytes_down=num_sampled * down_bytes,
-                       seconds=seconds, elapsed=time.perf_counter() - start)
+                       seconds=seconds, elapsed=time.perf_counter() - began)
             rows.append(row)
+            state = RunState(r, out.server_state, out.client_states)
             if bar is not None:
-                bar.update(1)
                 if "test_accuracy" in row:
                     bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", refresh=False)
+                bar.update(1)
             try:
-                event = RoundEvent(r, rounds, row, row["elapsed"], server_state.params)
+                event = RoundEvent(r, rounds, row, row["elapsed"], state.server_state.params)
                 for callback in callbacks:
                     callback(event)
             except StopTraining:
-                stopped = True
+                status, message = "stopped", f"stopped after round {r} of {rounds}"
                 break
+            if checkpoint is not None and checkpoint_every and r % checkpoint_every == 0 and r < rounds:
+                checkpoint(state)
+    except KeyboardInterrupt:
+        status, message = "interrupted", f"interrupted after round {state.round} of {rounds}"
+        if checkpoint is not None:
+            checkpoint(state)
+        raise
     finally:
         if bar is not None:
             bar.close()
+    if checkpoint is not None:
+        checkpoint(state)
     table = pd.DataFrame(rows)
     first = [c for c in _COLUMNS if c in table or (c == "test_accuracy" and model.num_classes > 0)]
     last = ["bytes_up", "bytes_down", "seconds", "elapsed"]
     history = History(table.reindex(columns=first + [c for c in table if c not in first + last] + last))
-    history.params, history.settings, history.stopped = server_state.params, settings, stopped
+    history.params, history.settings, history.state = state.server_state.params, settings, state
+    history.status, history.message = status, message
+    if status in ("diverged", "failed"):
+        warnings.warn(f"{strategy.name}: {message}", RunEndedWarning, stacklevel=2)
     return history
+
+
+def initial_state(strategy: Strategy, model: Model, num_clients: int, seed: int, init_params=None) -> RunState:
+    """The state before round 1: the model from the seed (or ``init_params``), the server's and
+    every client's initial state."""
+    k_init = jax.random.split(jax.random.key(seed))[0]
+    params = model.init(k_init) if init_params is None else init_params
+    one_state = strategy.client_state_init(params)
+    client_states = jax.tree.map(lambda s: jnp.broadcast_to(s, (num_clients,) + jnp.shape(s)).copy(), one_state)
+    return RunState(0, strategy.server_init(params), client_states)
+
+
+def _non_finite(loss: float, params_finite: bool) -> str | None:
+    """Why a round counts as diverged, or None."""
+    if not params_finite:
+        return "non-finite model parameters"
+    if not math.isfinite(loss):
+        return "non-finite training loss"
+    return None
+
+
+def _check_same_structure(name: str, given, expected) -> None:
+    """A state to continue from must have the run's pytree structure, shapes and dtypes."""
+    def sig(tree):
+        leaves, treedef = jax.tree.flatten(tree)
+        return treedef, [(jnp.shape(x), jnp.result_type(x)) for x in leaves]
+
+    if sig(given) != sig(expected):
+        raise ValueError(f"{name} does not match this run's strategy and model (structure, shapes or dtypes differ)")

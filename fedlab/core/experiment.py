@@ -1,0 +1,529 @@
+"""The run as one value: ``Experiment`` holds every setting of a federated run.
+
+    exp = fedlab.Experiment(dataset="synthetic:1,1", algorithm="fedprox", algorithm_options={"mu": 1.0},
+                            rounds=30, clients_per_round=10, local_epochs=20, stragglers=0.5)
+    history = exp.run()                       # a History; history.settings == exp.to_dict()
+    exp.to_json(); Experiment.from_json(text); exp.to_code(); exp.to_command()
+
+The command line (``python -m fedlab run``) and the workbench are both made from this value's
+fields, so a setting added here reaches Python, the CLI and the workbench at once. An Experiment
+checks itself on construction (``validate``): an invalid one cannot exist. What depends on
+the data (clients per round <= clients, the model fits the data) is checked by ``build``,
+still before any training. ``run(out=DIR)`` writes DIR/experiment.json, DIR/history.csv,
+DIR/run.json (status) and a checkpoint; ``resume(DIR, rounds=R)`` continues such a run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import shlex
+import warnings
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fedlab.core.checks import check_int, check_number
+from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS
+
+WHOLE_REST = ("csv", "npz", "column")     # spec names whose one value is everything after ':'
+GROUPS = ("data", "model", "algorithm", "schedule", "privacy")
+
+
+def setting(default, help: str, group: str, flag: str | None = None, **kw):
+    """A dataclass field with the help text and command-line flag the CLI and workbench show.
+    flag None: '--' + the name with dashes; '' : no flag of its own."""
+    meta = {"help": help, "group": group, "flag": flag}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=dict, metadata=meta, **kw)
+    return dataclasses.field(default=default, metadata=meta, **kw)
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    flag = field.metadata.get("flag")
+    return "--" + field.name.replace("_", "-") if flag is None else flag
+
+
+# ---- checks -------------------------------------------------------------------------------
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _optional(check, name, value, *args, **kw) -> None:
+    if value is not None:
+        check(name, value, *args, **kw)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+# ---- options of registered factories -------------------------------------------------------
+def spec_knobs(entry) -> list[inspect.Parameter]:
+    """The factory's keyword-only parameters, in the order a 'name:a,b' spec fills them."""
+    return [p for p in inspect.signature(entry.factory).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+
+def settable_knobs(entry) -> dict[str, Any]:
+    """Knobs an Experiment can set (JSON values: numbers, strings, bools, tuples of numbers),
+    with their defaults; objects such as ``client_optimizer`` are for code, not settings."""
+    out = {}
+    for name, default in entry.knobs().items():
+        if isinstance(default, (bool, int, float, str)) or (
+                isinstance(default, tuple) and all(_is_int(v) or isinstance(v, float) for v in default)):
+            out[name] = default
+        elif default is None and name == "target":          # csv's target column
+            out[name] = None
+    return out
+
+
+def coerce_option(kind: str, entry_name: str, name: str, value, default):
+    """``value`` as the type of the knob's ``default``; ValueError naming the option."""
+    where = f"{name} ({kind} {entry_name})"
+    if isinstance(default, bool):
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+        return bool(value)
+    if _is_int(default):
+        check_int(where, value, -(2 ** 62))
+        return int(value)
+    if isinstance(default, float):
+        check_number(where, value)
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, (list, tuple)) or not all(_is_int(v) and v >= 1 for v in value) or not value:
+            raise ValueError(f"{where} must be a list of integers >= 1, got {value!r}")
+        return tuple(int(v) for v in value)
+    if default is None or isinstance(default, str):
+        if not isinstance(value, str) or (default is not None and not value):
+            raise ValueError(f"{where} must be a text, got {value!r}")
+        return value
+    raise ValueError(f"{where} cannot be set in an Experiment")     # pragma: no cover
+
+
+def _options(kind: str, registry, name: str, options) -> dict:
+    """Validated, typed copy of ``options`` for the registered ``name``."""
+    entry = registry[name]
+    if not isinstance(options, dict):
+        raise ValueError(f"{kind}_options must be a dict of option: value, got {options!r}")
+    knobs = settable_knobs(entry)
+    out = {}
+    for key, value in options.items():
+        if key not in knobs:
+            takes = ", ".join(sorted(knobs)) or "nothing"
+            if key in entry.knobs():
+                raise ValueError(f"{key} of {kind} {name!r} is an object for code, not a setting")
+            raise ValueError(f"{key} does not apply to {kind} {name!r} (it takes: {takes})")
+        value = coerce_option(kind, name, key, value, knobs[key])
+        if value != knobs[key]:         # canonical form: options at their default are left out
+            out[key] = value
+    return out
+
+
+def parse_spec(kind: str, spec: str) -> tuple[str, dict]:
+    """'dirichlet:0.3' -> ('dirichlet', {'alpha': 0.3}) with the knobs' types."""
+    registry = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}[kind]
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"{kind} must be a name such as {registry.names()[0]!r}, got {spec!r}")
+    name, _, rest = spec.strip().partition(":")
+    try:
+        entry = registry[name]
+    except ValueError as err:
+        raise ValueError(f"{kind}: {err}") from None
+    if not rest:
+        return name, {}
+    knobs = spec_knobs(entry)
+    values = [rest] if name in WHOLE_REST else rest.split(",")
+    if len(values) > len(knobs):
+        raise ValueError(f"{kind}: {name} takes at most {len(knobs)} values "
+                         f"({', '.join(p.name for p in knobs) or 'none'}), got {len(values)} in {spec!r}")
+    out = {}
+    for p, text in zip(knobs, values):
+        out[p.name] = _from_text(f"{p.name} ({kind} {name})", text.strip(), p.default)
+    return name, out
+
+
+def _from_text(where: str, text: str, default):
+    """A command-line or spec value parsed to the type of ``default``."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in ("0", "1", "true", "false"):
+                raise ValueError
+            return text.lower() in ("1", "true")
+        if _is_int(default):
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        kind = {bool: "0, 1, true or false", int: "an integer", float: "a number"}.get(
+            type(default), "comma-separated integers")
+        raise ValueError(f"{where} must be {kind}, got {text!r}") from None
+    return text
+
+
+def spec_of(kind: str, name: str, options: dict) -> str:
+    """The spec string of a registered name and its options ('dirichlet:0.3'); options that
+    cannot be written positionally (a gap before them) are left out."""
+    registry = {"dataset": DATASETS, "partition": PARTITIONS}[kind]
+    values = []
+    for p in spec_knobs(registry[name]):
+        if p.name not in options or (name == "csv" and p.name == "target"):
+            break
+        values.append((options[p.name], p.default))
+    while values and values[-1][0] == values[-1][1]:
+        values.pop()
+    return name + (":" + ",".join(_to_text(v) for v, _ in values) if values else "")
+
+
+def _to_text(value) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+# ---- privacy --------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Privacy:
+    """Central user-level DP (DP-FedAvg, ``fedlab.privacy.dp``): each client's update clipped to
+    L2 norm ``clip``, Gaussian noise on the sum. Give ``target_epsilon`` (the noise multiplier is
+    calibrated for the whole run) or ``noise_multiplier`` (epsilon is reported each round)."""
+
+    clip: float = setting(1.0, "L2 clip norm C of each client's update", "privacy", "--dp-clip")
+    target_epsilon: float | None = setting(
+        None, "privacy budget epsilon for the whole run; the noise multiplier is calibrated to it",
+        "privacy", "--dp-epsilon")
+    noise_multiplier: float | None = setting(
+        None, "noise std / clip norm; the epsilon spent is reported each round", "privacy",
+        "--dp-noise-multiplier")
+    delta: float = setting(1e-5, "delta of (epsilon, delta)-DP", "privacy", "--dp-delta")
+    accountant: str = setting("rdp", "privacy accountant: rdp or pld (pld needs poisson sampling)",
+                              "privacy", "--dp-accountant")
+    adaptive_clipping: bool = setting(False, "clip norm follows the median update norm (Andrew et al. 2021)",
+                                      "privacy", "--dp-adaptive-clipping")
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        check_number("clip", self.clip, 0, low_open=True)
+        check_number("delta", self.delta, 0, 1, low_open=True, high_open=True)
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("target_epsilon: give exactly one of target_epsilon and noise_multiplier")
+        _optional(check_number, "target_epsilon", self.target_epsilon, 0, low_open=True)
+        _optional(check_number, "noise_multiplier", self.noise_multiplier, 0)
+        _check_choice("accountant", self.accountant, ("rdp", "pld"))
+        if not isinstance(self.adaptive_clipping, bool):
+            raise ValueError(f"adaptive_clipping must be true or false, got {self.adaptive_clipping!r}")
+
+    def wrap(self, strategy, *, clients_per_round: int, num_clients: int, sampling: str, rounds: int):
+        """``strategy`` made differentially private with these settings (calibrates if needed)."""
+        from fedlab.privacy.dp import dp
+
+        return dp(strategy, clip=self.clip, clients_per_round=clients_per_round, num_clients=num_clients,
+                  sampling=sampling, noise_multiplier=self.noise_multiplier,
+                  target_epsilon=self.target_epsilon, delta=self.delta,
+                  rounds=rounds if self.target_epsilon is not None else None, accountant=self.accountant,
+                  adaptive_clipping=self.adaptive_clipping)
+
+
+# ---- the experiment ----------------------------------------------------------------------------
+class Built(NamedTuple):
+    """What ``Experiment.build`` returns: the data, the strategy (privacy applied) and model, and
+    the schedule with its defaults resolved against the data."""
+
+    data: Any
+    strategy: Any
+    model: Any
+    clients_per_round: int
+    sampling: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Every setting of a federated run (see the module docstring). Specs are accepted and
+    stored typed: ``dataset="synthetic:1,1"`` becomes dataset "synthetic" with
+    dataset_options {"alpha": 1.0, "beta": 1.0}."""
+
+    dataset: str = setting("synthetic", "a registered dataset or spec: synthetic:ALPHA,BETA | synthetic_iid | "
+                           "digits | lending_club | caravan | csv:PATH | npz:PATH", "data")
+    dataset_options: dict = setting({}, "the dataset's options", "data", "")
+    partition: str | None = setting(None, "natural | iid | dirichlet:ALPHA[,MIN] | shards[:N] | quantity[:EXP] | "
+                                    "feature_shift[:STD] | column:COL (default: the dataset's natural "
+                                    "clients, else iid)", "data")
+    partition_options: dict = setting({}, "the partition's options", "data", "")
+    num_clients: int | None = setting(None, "clients of a non-natural partition (default 10) or of a "
+                                      "synthetic dataset (default 30)", "data", "--clients")
+    test_fraction: float = setting(0.2, "share of each client's rows held out for testing", "data")
+    model: str = setting("logreg", "a registered model (see `list`)", "model")
+    model_options: dict = setting({}, "the model's options", "model", "")
+    algorithm: str = setting("fedavg", "a registered strategy (see `list`)", "algorithm")
+    algorithm_options: dict = setting({}, "the strategy's options", "algorithm", "")
+    rounds: int = setting(20, "communication rounds", "schedule")
+    clients_per_round: int | None = setting(None, "clients sampled each round (default: min(10, clients))",
+                                            "schedule")
+    sampling: str | None = setting(None, "fixed (exactly clients-per-round, without replacement) or poisson "
+                                   "(each client with rate clients-per-round / clients); default fixed, "
+                                   "poisson with DP (the tighter, standard accounting)", "schedule")
+    local_steps: int | None = setting(None, "mini-batch steps per client per round", "schedule")
+    local_epochs: int | None = setting(None, "passes over each client's data per round (default 1 when "
+                                       "local steps are not given)", "schedule")
+    batch_size: int = setting(10, "mini-batch size", "schedule")
+    stragglers: float = setting(0.0, "fraction of each round's clients that do only part of the local work",
+                                "schedule")
+    eval_every: int = setting(1, "evaluate every N rounds (and always the last)", "schedule")
+    seed: int = setting(0, "seed of every random choice (data, model, sampling, noise)", "schedule")
+    chunk_size: int | str = setting("auto", "clients per vmapped chunk (auto: by model size and backend)",
+                                    "schedule")
+    privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
+
+    # -- construction ------------------------------------------------------------------------
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)   # noqa: E731 (frozen)
+        for kind in ("dataset", "partition"):
+            spec = getattr(self, kind)
+            if isinstance(spec, str) and ":" in spec:
+                name, options = parse_spec(kind, spec)
+                set_(kind, name)
+                set_(f"{kind}_options", {**options, **dict(getattr(self, f"{kind}_options"))})
+        if isinstance(self.privacy, dict):
+            set_("privacy", Privacy(**self.privacy))
+        for kind in ("dataset", "partition", "model", "algorithm"):
+            options = getattr(self, f"{kind}_options")
+            set_(f"{kind}_options", dict(options) if isinstance(options, dict) else options)
+        self.validate()
+
+    def validate(self) -> None:
+        """Every check that needs no data, in one place; ValueError names the setting and the
+        accepted range. (``build`` adds the checks that need the data.)"""
+        for kind, registry in (("dataset", DATASETS), ("model", MODELS), ("algorithm", ALGORITHMS)):
+            try:
+                registry[getattr(self, kind)]
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{kind}: {err}") from None
+        if self.partition is not None:
+            try:
+                PARTITIONS[self.partition]
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"partition: {err}") from None
+        elif self.partition_options:
+            raise ValueError("partition_options need a partition")
+        for kind, registry in (("dataset", DATASETS), ("model", MODELS), ("algorithm", ALGORITHMS)):
+            object.__setattr__(self, f"{kind}_options",
+                               _options(kind, registry, getattr(self, kind), getattr(self, f"{kind}_options")))
+        if self.partition is not None:
+            object.__setattr__(self, "partition_options",
+                               _options("partition", PARTITIONS, self.partition, self.partition_options))
+        _optional(check_int, "num_clients", self.num_clients, 1)
+        check_number("test_fraction", self.test_fraction, 0, 1, high_open=True)
+        check_int("rounds", self.rounds, 1)
+        _optional(check_int, "clients_per_round", self.clients_per_round, 1)
+        if self.sampling is not None:
+            _check_choice("sampling", self.sampling, ("fixed", "poisson"))
+        if self.local_steps is not None and self.local_epochs is not None:
+            raise ValueError("local_steps: give local_steps or local_epochs, not both")
+        _optional(check_int, "local_steps", self.local_steps, 1)
+        _optional(check_int, "local_epochs", self.local_epochs, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_number("stragglers", self.stragglers, 0, 1, high_open=True)
+        check_int("eval_every", self.eval_every, 1)
+        check_int("seed", self.seed, 0, 2 ** 32 - 1)
+        if self.chunk_size != "auto":
+            check_int("chunk_size", self.chunk_size, 1)
+        if self.privacy is not None and not isinstance(self.privacy, Privacy):
+            raise ValueError(f"privacy must be a fedlab.Privacy or None, got {self.privacy!r}")
+        if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
+            raise ValueError("sampling: the pld accountant needs poisson sampling")
+        self._strategy_without_privacy()       # the factory's own range checks (mu >= 0, ...)
+
+    def replace(self, **changes) -> "Experiment":
+        """A copy with ``changes`` (validated like a new Experiment)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_sampling(self) -> str:
+        """The sampling the run uses: as set, else poisson with privacy and fixed without."""
+        return self.sampling or ("poisson" if self.privacy is not None else "fixed")
+
+    @property
+    def dataset_spec(self) -> str:
+        return spec_of("dataset", self.dataset, self.dataset_options)
+
+    @property
+    def partition_spec(self) -> str | None:
+        return None if self.partition is None else spec_of("partition", self.partition, self.partition_options)
+
+    # -- building and running ----------------------------------------------------------------
+    def _strategy_without_privacy(self):
+        return ALGORITHMS[self.algorithm].factory(**self.algorithm_options)
+
+    def load_data(self):
+        """The federated dataset these settings describe (deterministic given the seed)."""
+        from fedlab.data.loaders import load_federated
+
+        options = dict(self.dataset_options)
+        target = options.pop("target", None) if self.dataset == "csv" else None
+        return load_federated(spec_of("dataset", self.dataset, options) if options else self.dataset,
+                              partition=self.partition_spec, num_clients=self.num_clients, seed=self.seed,
+                              target=target, test_fraction=self.test_fraction)
+
+    def build(self, data=None) -> Built:
+        """(data, strategy, model, ...) ready for ``fedlab.simulate``, with the checks that need the
+        data: clients per round <= clients, the model fits the data, degenerate data. ``data``: a
+        FederatedDataset to use instead of loading ``dataset`` (e.g. the workbench's own)."""
+        from fedlab.core.simulate import resolve_model
+
+        if data is None:
+            data = self.load_data()                  # load_federated checks it (data.check())
+        else:
+            data.validate()
+            for warning in data.check():
+                warnings.warn(warning, stacklevel=2)
+        K = data.num_clients
+        clients_per_round = min(10, K) if self.clients_per_round is None else self.clients_per_round
+        check_int("clients_per_round", clients_per_round, 1, K)         # K: the data's clients
+        if self.chunk_size != "auto":
+            check_int("chunk_size", self.chunk_size, 1, clients_per_round)
+        model = resolve_model(self.model, data, self.model_options)
+        strategy = self._strategy_without_privacy()
+        if self.privacy is not None:
+            strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
+                                         sampling=self.resolved_sampling, rounds=self.rounds)
+        return Built(data, strategy, model, clients_per_round, self.resolved_sampling)
+
+    def simulate_kwargs(self, built: Built) -> dict:
+        """The keyword arguments of ``fedlab.simulate`` for this experiment."""
+        return dict(rounds=self.rounds, clients_per_round=built.clients_per_round, local_steps=self.local_steps,
+                    local_epochs=self.local_epochs, batch_size=self.batch_size, sampling=built.sampling,
+                    stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
+                    chunk_size=self.chunk_size, model_options=None)
+
+    def run(self, *, callbacks: Sequence[Callable] = (), progress: bool = True, out=None,
+            checkpoint_every: int | None = None, data=None, built: Built | None = None, after=None):
+        """Train; return the History (``settings`` is ``to_dict()``; ``status`` says how it ended).
+
+        out: a directory for experiment.json, history.csv, run.json and the checkpoint (written at
+        the end, on Stop, on Ctrl-C, on divergence with the last finite state, and every
+        ``checkpoint_every`` rounds); checked before any work. data / built: use these instead of
+        loading the data (built: from ``build``, to reuse its data and calibration). after: a
+        History of this experiment (stopped, or with fewer rounds) to continue up to ``rounds``;
+        the result is the run done in one go (timing columns aside). To continue a run directory
+        instead, use ``fedlab.resume``."""
+        from fedlab.core import rundir
+
+        if after is not None and not (isinstance(getattr(after, "state", None), tuple) and
+                                      0 < after.state.round < self.rounds):
+            raise ValueError(f"after: a History with fewer than rounds={self.rounds} rounds to continue, "
+                             f"got {getattr(getattr(after, 'state', None), 'round', None)!r} rounds done")
+        writer = rundir.RunWriter(out, self) if out is not None else None   # checks out before work
+        try:
+            built = built or self.build(data)
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        previous = None
+        if after is not None:
+            previous = pd.DataFrame(after)
+            previous = previous[previous["round"] <= after.state.round].reset_index(drop=True)
+        return rundir.execute(self, built, writer, callbacks=callbacks, progress=progress,
+                              checkpoint_every=checkpoint_every, start=None if after is None else after.state,
+                              previous=previous)
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain JSON-able values; ``Experiment.from_dict(e.to_dict()) == e``."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Privacy):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, dict):
+                value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Experiment":
+        if not isinstance(values, dict):
+            raise ValueError(f"an experiment must be a dict of settings, got {type(values).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)}; settings are {sorted(names)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Experiment":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config: not valid JSON ({err})") from None
+        return cls.from_dict(values)
+
+    def changes(self) -> dict:
+        """The settings that differ from a default Experiment (privacy as its own changes)."""
+        base = Experiment().to_dict()
+        return {k: v for k, v in self.to_dict().items() if v != base[k]}
+
+    def to_code(self) -> str:
+        """Python that recreates this experiment (only the settings that differ from the defaults)."""
+        changed = self.changes()
+        args = []
+        for kind in ("dataset", "partition"):           # as specs: dataset='synthetic:0.5,1'
+            if kind in changed or f"{kind}_options" in changed:
+                options = {k: v for k, v in getattr(self, f"{kind}_options").items() if k != "target"}
+                args.append(f"{kind}={spec_of(kind, getattr(self, kind), options)!r}")
+                if "target" in getattr(self, f"{kind}_options"):
+                    args.append(f"{kind}_options={{'target': {self.dataset_options['target']!r}}}")
+        args += [f"{k}={v!r}" for k, v in changed.items()
+                 if k not in ("privacy", "dataset", "dataset_options", "partition", "partition_options")]
+        if self.privacy is not None:
+            p = {k: v for k, v in dataclasses.asdict(self.privacy).items()
+                 if v != getattr(Privacy, k, None) or k in ("target_epsilon", "noise_multiplier") and v is not None}
+            args.append("privacy=fedlab.Privacy(" + ", ".join(f"{k}={v!r}" for k, v in p.items()) + ")")
+        return "import fedlab\n\nexperiment = fedlab.Experiment(" + ", ".join(args) + ")\nhistory = experiment.run()"
+
+    def to_command(self, out: str | None = None) -> str:
+        """The ``python -m fedlab run`` command line that runs this experiment."""
+        words = ["python", "-m", "fedlab", "run"]
+        changed = self.changes()
+        for f in dataclasses.fields(self):
+            if f.name not in changed:
+                continue
+            value = getattr(self, f.name)
+            if f.name in ("dataset", "dataset_options") and "--dataset" not in words:
+                options = {k: v for k, v in self.dataset_options.items() if k != "target"}
+                words += ["--dataset", spec_of("dataset", self.dataset, options)]
+                if "target" in self.dataset_options:
+                    words += ["--target", self.dataset_options["target"]]
+            elif f.name in ("partition", "partition_options") and "--partition" not in words:
+                words += ["--partition", self.partition_spec]
+            elif f.name in ("model_options", "algorithm_options"):
+                for name, option in value.items():
+                    words += [option_flag(name), _to_text(option)]
+            elif f.name == "privacy":
+                for p in dataclasses.fields(Privacy):
+                    option = getattr(value, p.name)
+                    if option is not None and (option != p.default or p.name == "clip"):
+                        words += [flag_of(p)] + ([] if isinstance(option, bool) else [_to_text(option)])
+            elif flag_of(f):
+                words += [flag_of(f), _to_text(value)]
+        if out is not None:
+            words += ["--out", out]
+        return " ".join(shlex.quote(w) for w in words)
+
+
+def option_flag(name: str) -> str:
+    """The command-line flag of an algorithm or model option (client_lr is --lr)."""
+    return "--lr" if name == "client_lr" else "--" + name.replace("_", "-")
