@@ -1,7 +1,8 @@
 """The workbench in a real browser: JupyterLab on 127.0.0.1 with a token, Debian's chromium driven
 by Playwright. Opens notebooks/00_workbench.ipynb, runs it, clicks Run, waits for 3 rounds of points
 in the chart's DOM, clicks Stop and checks that the chart ends on the round the status reports
-and no more points arrive. Measures the time from the Run click to the first point and from Stop
+and no more points arrive; then that the stopped run shows as a command line, and that Continue
+goes on from there (until Stop again). Measures the time from the Run click to the first point and from Stop
 to 'stopped', and saves a screenshot (FEDLAB_ARTIFACTS=DIR keeps them). The same with Voila
 serving the notebook as an app, when voila is installed. Every wait is on a condition, with
 timeouts generous enough for a loaded 2-core machine."""
@@ -142,13 +143,26 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     except PlaywrightTimeout:
         pass
     later = page.evaluate(LAST_ROUND)
+    assert later == stopped, f"rounds kept arriving after Stop: {stopped} -> {later}"
+    # the stopped run as a command line, and Continue: it goes on from round `stopped` (then Stop again)
+    expect(page.locator(".widget-textarea textarea").nth(1)).to_have_value("python -m fedlab run --rounds 100000", timeout=30_000)
+    continue_button = page.locator("button.jupyter-button", has_text="Continue").first
+    expect(continue_button).to_be_enabled(timeout=30_000)
+    continue_button.click()
+    page.wait_for_function(f"{LAST_ROUND} >= {stopped + 2}", timeout=120_000, polling=20)
+    page.locator("button.jupyter-button", has_text="Stop").first.click()
+    again, _ = page.wait_for_function(f"(() => {{ const s = {STOPPED}; return s && s[0] > {stopped} ? s : null; }})()",
+                                      timeout=120_000, polling=20).json_value()
+    page.wait_for_function(f"{LAST_ROUND} === {again}", timeout=60_000, polling=50)
+    first_x = page.evaluate("document.querySelector('.js-plotly-plot').data[0].x[0]")
+    assert first_x == 1, f"the continued run's chart starts at round {first_x}, not 1"
     page.screenshot(path=str(artifacts / f"workbench_{tag}.png"), full_page=True)
     result = {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),
-              "rounds_when_stopped": stopped, "last_round_drawn_at_the_end": later}
+              "rounds_when_stopped": stopped, "last_round_drawn_at_the_end": later,
+              "rounds_when_stopped_after_continue": again}
     (artifacts / f"workbench_{tag}.json").write_text(json.dumps(result))
     print(f"\n{tag}: click to first point {first_point:.2f} s; Stop to 'stopped' {stop_seconds:.2f} s; "
-          f"stopped at round {stopped}; screenshot {artifacts / f'workbench_{tag}.png'}")
-    assert later == stopped, f"rounds kept arriving after Stop: {stopped} -> {later}"
+          f"stopped at round {stopped}, continued to {again}; screenshot {artifacts / f'workbench_{tag}.png'}")
     return result
 
 

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import html
 import os
+import shlex
 import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,6 +21,7 @@ from conftest import ROOT  # noqa: E402
 from fedlab.algorithms import common  # noqa: E402
 from fedlab.core.registry import ALGORITHMS  # noqa: E402
 from fedlab.ui import RunError, Workbench, dp_available  # noqa: E402
+from fedlab.ui.runs import CONTROLS  # noqa: E402
 from fedlab.report import run_traces  # noqa: E402
 
 
@@ -46,14 +49,18 @@ def make(data, cache_dir, **settings):
 
 
 def record_lengths(wb):
-    """Wrap the workbench's redraw to log the accuracy trace length after every redraw."""
-    lengths, redraw = [], wb._redraw
+    """Wrap the chart's redraw to log the accuracy trace length after every redraw."""
+    lengths, redraw = [], wb.chart.redraw
 
     def logged():
         redraw()
         lengths.append(len(wb.figure.data[0].x))
-    wb._redraw = logged
+    wb.chart.redraw = logged
     return lengths
+
+
+def without_timing(history) -> pd.DataFrame:
+    return pd.DataFrame(history).drop(columns=["seconds", "elapsed"]).reset_index(drop=True)
 
 
 def test_run_click_draws_every_round_and_matches_simulate(data, cache_dir):
@@ -79,16 +86,17 @@ def test_run_click_draws_every_round_and_matches_simulate(data, cache_dir):
                                atol=1e-6)
     mb = wb.figure.data[4]
     np.testing.assert_allclose(mb.y, np.cumsum(direct["bytes_up"] + direct["bytes_down"]) / 1e6, rtol=1e-9)
-    assert "done" in wb.progress.value and "round 5 of 5" in wb.progress.value
+    assert "done</b>: round 5 of 5" in wb.progress.value
+    assert history.settings == wb.experiment().to_dict()                # the run is the controls' Experiment
 
 
 def test_stop_ends_within_a_round_and_keeps_the_partial_history(data, cache_dir):
     wb = make(data, cache_dir, rounds=100000)
     wb.run_button.click()
     deadline = time.time() + 120
-    while (wb._live is None or len(wb._live[1]) < 3) and time.time() < deadline:
+    while len(wb.chart.live_rows) < 3 and time.time() < deadline:
         time.sleep(0.01)
-    done_at_click = len(wb._live[1])
+    done_at_click = len(wb.chart.live_rows)
     assert done_at_click >= 3
     wb.stop_button.click()
     assert wb.wait(30), "Stop did not end the run"
@@ -99,15 +107,17 @@ def test_stop_ends_within_a_round_and_keeps_the_partial_history(data, cache_dir)
     assert points == len(history)
     time.sleep(0.5)
     assert len(wb.figure.data[0].x) == points                         # nothing arrives after Stop
-    assert "stopped" in wb.progress.value
+    assert f"stopped</b>: round {len(history)} of 100000" in wb.progress.value
     assert not any(w.disabled for w in wb.controls.values() if w is not wb.controls["dp"])
+    assert not wb.continue_button.disabled                            # a stopped run can continue
 
 
 @pytest.mark.parametrize("setting, words", [
-    (dict(clients_per_round=50), "clients per round must be at most the number of clients (6)"),
-    (dict(client_lr=-1.0), "client_lr must be in [0.0001, 1], got -1.0"),
-    (dict(algorithm="fedprox", mu=-1.0), "mu must be >= 0, got -1.0"),          # raised by the engine
-    (dict(batch_size=0), "batch_size must be in [1, 100000]"),
+    (dict(clients_per_round=50), "clients_per_round must be an integer in [1, 6], got 50"),   # Experiment.build
+    (dict(client_lr=-1.0), "client_lr must be in [0.0001, 100] here (the slider's range), got -1.0"),
+    (dict(algorithm="fedprox", mu=-1.0), "mu must be >= 0, got -1.0"),          # raised by the factory
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),           # Experiment.validate
+    (dict(rounds=2.5), "rounds must be an integer here, got 2.5"),
 ])
 def test_bad_values_show_a_readable_error(data, cache_dir, setting, words):
     wb = make(data, cache_dir)
@@ -118,11 +128,20 @@ def test_bad_values_show_a_readable_error(data, cache_dir, setting, words):
     assert not wb.running and not wb.runs and not wb.run_button.disabled
 
 
-def test_error_inside_the_training_thread_is_shown_not_lost(data, cache_dir):
+def test_an_exception_is_shown_not_lost(data, cache_dir):
+    """A factory that raises (when the controls make the Experiment) and a strategy whose
+    server_init raises (in the training thread): the message and the traceback are kept."""
     @fedlab.register_algorithm("ui_test_broken")
     def broken(*, client_lr: float = 0.1):
-        """Fails when the training thread builds it."""
+        """Fails when it is built."""
         raise ZeroDivisionError("broken on purpose")
+
+    @fedlab.register_algorithm("ui_test_broken_init")
+    def broken_init(*, client_lr: float = 0.1):
+        """Fails when the run starts."""
+        def server_init(params):
+            raise ZeroDivisionError("broken in the thread")
+        return ALGORITHMS["fedavg"].factory(client_lr=client_lr)._replace(server_init=server_init)
     try:
         wb = make(data, cache_dir)
         wb.controls["algorithm"].value = "ui_test_broken"
@@ -131,8 +150,13 @@ def test_error_inside_the_training_thread_is_shown_not_lost(data, cache_dir):
         assert "ZeroDivisionError" in wb.message.value and "broken on purpose" in wb.message.value
         assert "ZeroDivisionError" in wb.last_traceback
         assert not wb.runs and not wb.run_button.disabled
+        with pytest.raises(RunError, match="broken in the thread"):
+            wb.run(algorithm="ui_test_broken_init")
+        assert "broken in the thread" in wb.message.value and "server_init" in wb.last_traceback
+        assert "failed" in wb.progress.value and not wb.runs and not wb.run_button.disabled
     finally:
         ALGORITHMS._entries.pop("ui_test_broken")
+        ALGORITHMS._entries.pop("ui_test_broken_init")
 
 
 def test_a_strategy_registered_later_appears_with_its_knobs(data, cache_dir):
@@ -151,12 +175,12 @@ def test_a_strategy_registered_later_appears_with_its_knobs(data, cache_dir):
         wb.refresh()            # in a notebook this happens after the registering cell by itself
         assert "ui_test_avgm" in wb.algorithm_names
         wb.controls["algorithm"].value = "ui_test_avgm"
-        knobs = [w.description for w in wb.algorithm_knobs.children]
+        knobs = [w.description for w in wb.form.knob_boxes["algorithm"].children]
         assert knobs == ["client lr", "server lr"]
         wb.controls["algorithm"].value = "fedprox"
-        assert [w.description for w in wb.algorithm_knobs.children] == ["mu", "client lr"]
+        assert [w.description for w in wb.form.knob_boxes["algorithm"].children] == ["mu", "client lr"]
         history = wb.run(algorithm="ui_test_avgm", server_lr=0.5, rounds=3)
-        assert history.settings["server_lr"] == 0.5
+        assert history.settings["algorithm_options"] == {"server_lr": 0.5}       # client_lr 0.1 is its default
         direct = fedlab.simulate("ui_test_avgm", "logreg", data, rounds=3, clients_per_round=3, local_steps=4,
                                  batch_size=8, client_lr=0.1, server_lr=0.5, progress=False)
         np.testing.assert_allclose(history["train_loss"], direct["train_loss"], rtol=1e-6)
@@ -176,13 +200,33 @@ def test_dirichlet_alpha_is_a_log_slider_and_makes_the_spec(data, cache_dir):
     wb = make(data, cache_dir)
     wb.controls["dataset"].value = "synthetic"
     wb.controls["partition"].value = "dirichlet"
-    alpha = wb.partition_knobs.children[0]
+    alpha = wb.form.knob_boxes["partition"].children[0]
     assert type(alpha).__name__ == "FloatLogSlider" and alpha.base == 10 and (alpha.min, alpha.max) == (-2, 2)
     alpha.value = 0.1
-    assert wb.settings()["partition"] == "dirichlet:0.1"
-    wb._apply({"partition": "quantity:2.5", "dataset": "synthetic:0.5,0.25"})
-    assert wb.settings()["partition"] == "quantity:2.5"
-    assert wb.settings()["dataset"] == "synthetic:0.5,0.25"
+    assert wb.experiment().partition_spec == "dirichlet:0.1"
+    assert wb.settings()["partition_options"] == {"alpha": 0.1}
+    wb.form.apply({"partition": "quantity:2.5", "dataset": "synthetic:0.5,0.25"})
+    assert wb.experiment().partition_spec == "quantity:2.5"
+    assert wb.experiment().dataset_spec == "synthetic:0.5,0.25"
+
+
+def test_the_controls_show_an_experiment_and_give_it_back(data, cache_dir):
+    wb = make(data, cache_dir)
+    experiments = [
+        fedlab.Experiment(dataset="synthetic:0.5,0.25", partition="dirichlet:0.3", num_clients=12,
+                          algorithm="fedprox", algorithm_options={"mu": 1.0, "client_lr": 0.05}, model="mlp",
+                          model_options={"hidden": (32,)}, local_steps=7, rounds=3, sampling="poisson", chunk_size=4,
+                          privacy=fedlab.Privacy(target_epsilon=2.0, clip=0.5)),
+        fedlab.Experiment(local_epochs=2, clients_per_round=5, stragglers=0.5, seed=3, eval_every=2, test_fraction=0.3,
+                          privacy=fedlab.Privacy(noise_multiplier=1.3, accountant="pld")),
+        fedlab.Experiment()]
+    for experiment in experiments:
+        wb.show(experiment)
+        assert wb.experiment() == experiment
+    wb.controls["dataset"].value = "(given)"             # data given in code: its data settings do not apply
+    assert wb.experiment() == fedlab.Experiment()
+    with pytest.raises(ValueError, match="hidden .model mlp. must be a list of integers"):
+        wb.run(model="mlp", hidden="32,x")
 
 
 def test_table_overlay_exports_and_reset(data, cache_dir, tmp_path):
@@ -204,6 +248,8 @@ def test_table_overlay_exports_and_reset(data, cache_dir, tmp_path):
     assert "plotly" in text and "fedprox" in text and len(text) > 100_000      # plotly.js is embedded
     wb.overlay.value = (list(wb.runs)[1],)
     assert {t.name for t in wb.figure.data} == {list(wb.runs)[1]}
+    assert table["status"].tolist() == ["completed", "completed"] and table["mu"].tolist()[1] == 0.5
+    assert list(wb.run_list.chosen.options) == [*wb.runs, CONTROLS]
     wb.reset_button.click()
     assert not wb.runs and len(wb.figure.data) == 0 and wb.table().empty
 
@@ -224,27 +270,29 @@ def test_dp_controls_show_the_epsilon_the_run_spends(data, cache_dir):
     import dp_accounting
     from dp_accounting import rdp
 
-    wb = make(data, cache_dir, rounds=4, sampling="poisson")
-    wb._apply({"dp": "noise multiplier", "noise_multiplier": 1.5, "clip": 0.5, "delta": 1e-3})
+    wb = make(data, cache_dir, rounds=4)       # sampling left to the Experiment: poisson with DP
+    wb.form.apply({"dp": "noise multiplier", "noise_multiplier": 1.5, "clip": 0.5, "delta": 1e-3})
+    assert wb.experiment().privacy == fedlab.Privacy(noise_multiplier=1.5, clip=0.5, delta=1e-3)
+    assert "3 of 6 clients a round, poisson sampling" in wb.form.dp_info.value
     # independent epsilon: dp_accounting's RDP accountant on 4 Poisson-sampled Gaussian rounds, q = 3/6
     acc = rdp.RdpAccountant()
     acc.compose(dp_accounting.SelfComposedDpEvent(
         dp_accounting.PoissonSampledDpEvent(0.5, dp_accounting.GaussianDpEvent(1.5)), 4))
     expected = acc.get_epsilon(1e-3)
-    shown = float(wb.dp_info.value.split("ε = ")[1].split("<")[0])
+    shown = float(wb.form.dp_info.value.split("ε = ")[1].split("<")[0])
     assert shown == pytest.approx(expected, rel=2e-3)           # shown with 3 significant digits
     history = wb.run()
     assert history["epsilon"].iloc[-1] == pytest.approx(expected, rel=1e-6)
-    assert [t for _, t in wb._panels][-1] == "privacy spent (epsilon)"
+    assert [t for _, t in wb.chart.panels][-1] == "privacy spent (epsilon)"
     eps_trace = [t for t in wb.figure.data if t.xaxis == "x5"][0]
     np.testing.assert_allclose(eps_trace.y, history["epsilon"])
-    wb._apply({"dp": "target epsilon", "target_epsilon": 2.0})
-    assert "ε = 2" in wb.dp_info.value
+    wb.form.apply({"dp": "target epsilon", "target_epsilon": 2.0})
+    assert "ε = 2" in wb.form.dp_info.value
     shown = {n: wb.controls[n].layout.display != "none" for n in ("target_epsilon", "noise_multiplier", "clip")}
     assert shown == {"target_epsilon": True, "noise_multiplier": False, "clip": True}
     with pytest.raises(ValueError):
         wb.run(clip=-1.0)
-    assert "clip norm must be > 0" in html.unescape(wb.message.value)
+    assert "clip must be > 0, got -1.0" in html.unescape(wb.message.value)       # Privacy.validate
 
 
 def test_a_script_that_only_creates_a_workbench_exits_cleanly(tmp_path):
@@ -257,9 +305,110 @@ def test_a_script_that_only_creates_a_workbench_exits_cleanly(tmp_path):
     def python(code):
         return subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=600)
-    prepared = python("from fedlab.ui import Workbench; Workbench()._warm.join()")
+    prepared = python("from fedlab.ui import Workbench; Workbench().runner.wait_for_warm_up()")
     assert prepared.returncode == 0, prepared.stderr[-2000:]
     for _ in range(2):
         proc = python("from fedlab.ui import Workbench; Workbench()")
         assert "terminate called" not in proc.stderr, proc.stderr[-2000:]
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_run_shown_as_a_command_line_gives_the_same_history(cache_dir, tmp_path):
+    """The command line the workbench shows for a run, run through the CLI, trains the same run."""
+    from fedlab import cli
+
+    wb = Workbench(redraw_interval=0.0, compilation_cache=cache_dir, warm_up=False, dataset="synthetic:0.5,0.5",
+                   num_clients=8, partition="dirichlet:0.3", algorithm="fedprox", mu=0.5, rounds=3,
+                   clients_per_round=4, local_steps=5, batch_size=8)
+    history = wb.run()
+    name, = wb.runs
+    assert wb.run_list.chosen.value == name
+    experiment = fedlab.Experiment.from_dict(history.settings)
+    assert wb.run_list.code.value == experiment.to_code() and wb.run_list.command.value == experiment.to_command()
+    namespace = {}
+    exec(wb.run_list.code.value.replace("history = experiment.run()", ""), namespace)   # the code makes the run
+    assert namespace["experiment"] == experiment
+    command = wb.run_list.command.value
+    assert command.startswith("python -m fedlab run ") and "--mu 0.5" in command and "--partition dirichlet:0.3" in command
+    out = tmp_path / "run"
+    assert cli.main(shlex.split(command)[3:] + ["--out", str(out), "--no-progress"]) == 0
+    pd.testing.assert_frame_equal(without_timing(pd.read_csv(out / "history.csv")), without_timing(history),
+                                  check_dtype=False)
+    # the code view follows the controls when they are chosen
+    wb.run_list.chosen.value = CONTROLS
+    wb.controls["rounds"].value = 7
+    assert wb.run_list.code.value == wb.experiment().to_code() and "rounds=7" in wb.run_list.code.value
+    wb.controls["batch_size"].value = 0
+    assert wb.run_list.code.value.startswith("# batch_size must be an integer >= 1")
+
+
+def test_stop_then_continue_equals_the_uninterrupted_run(data, cache_dir):
+    """Stop after round 4 (from a round callback, so exactly there), Continue to the 12 rounds asked:
+    the rows and the final model are those of the run done in one go; then 3 rounds more."""
+    wb = make(data, cache_dir, algorithm="scaffold", rounds=12)     # SCAFFOLD: client states carry over
+    on_round = wb._on_round
+
+    def stop_after_4(event):
+        on_round(event)
+        if event.round == 4:
+            wb.stop()
+    wb._on_round = stop_after_4
+    stopped = wb.run()
+    assert stopped.status == "stopped" and len(stopped) == 4
+    assert not wb.continue_button.disabled and "stopped</b>: round 4 of 12" in wb.progress.value
+    wb._on_round = on_round
+    wb.continue_button.click()
+    assert wb.running and wb.continue_button.disabled
+    assert wb.wait(120) and wb.last_error is None, wb.last_traceback
+    (name, continued), = wb.runs.items()                          # the same run, replaced by the longer one
+    assert continued.status == "completed" and len(continued) == 12 and name.startswith("#1 scaffold")
+    assert "done</b>: round 12 of 12" in wb.progress.value and wb.continue_button.disabled
+    assert list(wb.figure.data[0].x) == list(range(1, 13))
+    experiment = fedlab.Experiment.from_dict(continued.settings)
+    in_one_go = experiment.run(data=data, progress=False)
+    pd.testing.assert_frame_equal(without_timing(continued), without_timing(in_one_go))
+    for a, b in zip(jax.tree.leaves(continued.params), jax.tree.leaves(in_one_go.params)):
+        np.testing.assert_array_equal(a, b)
+    longer = wb.continue_run(rounds=15)                            # from code: more rounds than asked
+    assert len(longer) == 15 and list(wb.runs) == [name]
+    pd.testing.assert_frame_equal(without_timing(longer),
+                                  without_timing(experiment.replace(rounds=15).run(data=data, progress=False)))
+    with pytest.raises(ValueError, match="only a stopped run, or one given more rounds, continues"):
+        wb.continue_run()
+
+
+def test_a_diverged_run_says_so_and_keeps_its_rows(data, cache_dir):
+    wb = make(data, cache_dir, model="mlp", client_lr=3.0, rounds=20)
+    history = wb.run()
+    assert history.status == "diverged" and 1 <= len(history) < 20
+    assert wb.runs[next(iter(wb.runs))] is history and wb.table()["status"].tolist() == ["diverged"]
+    text = html.unescape(wb.progress.value)
+    assert text.startswith(f"<b>diverged</b> at round {len(history) + 1} (non-finite")
+    assert f"{len(history)} round" in text and "kept" in text
+    assert wb.message.value == "" and wb.last_error is None          # not an error of the workbench
+    assert wb.continue_button.disabled
+    assert len(wb.figure.data[0].x) == len(history)
+
+
+def test_a_failed_round_says_failed_and_keeps_the_rounds_before(data, cache_dir):
+    @fedlab.register_algorithm("ui_test_fails")
+    def fails_in_round_3(*, client_lr: float = 0.1):
+        """FedAvg whose (host) aggregation raises in round 3."""
+        calls = []
+
+        @fedlab.host_aggregator
+        def aggregate(updates, weights, key):
+            calls.append(1)
+            if len(calls) == 3:
+                raise ZeroDivisionError("broken on purpose")
+            w = weights / weights.sum()
+            return jax.tree.map(lambda u: np.tensordot(w, u, 1), updates), {}
+        return ALGORITHMS["fedavg"].factory(client_lr=client_lr)._replace(name="ui_test_fails", aggregate=aggregate)
+    try:
+        wb = make(data, cache_dir, algorithm="ui_test_fails")
+        history = wb.run()
+        assert history.status == "failed" and len(history) == 2
+        assert html.unescape(wb.progress.value) == ("<b>failed</b>: round 3: ZeroDivisionError: broken on purpose"
+                                                    " · 2 rounds kept")
+    finally:
+        ALGORITHMS._entries.pop("ui_test_fails")

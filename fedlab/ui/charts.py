@@ -1,0 +1,115 @@
+"""The live chart: a plotly FigureWidget with one panel per metric, the run in progress and the
+finished runs chosen for comparison drawn in it.
+
+Only the training thread calls ``add`` (one thread touches the figure at a time); it redraws at
+most once per ``redraw_interval`` seconds, and histories longer than ``MAX_POINTS`` are thinned
+before they are sent, so the browser keeps up and Stop stays responsive. The traces are
+``fedlab.report.run_traces``, the same as in the HTML report.
+"""
+from __future__ import annotations
+
+import time
+
+import ipywidgets as W
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from fedlab.report import EPSILON_PANEL, PANELS, run_traces
+
+MAX_POINTS = 400                        # longer histories are thinned before they are sent
+
+
+def empty_figure(panels) -> go.FigureWidget:
+    """A FigureWidget with one subplot per panel, laid out like the HTML report."""
+    rows = -(-len(panels) // 2)
+    fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels],
+                        horizontal_spacing=0.08, vertical_spacing=0.14 if rows > 2 else 0.18)
+    fig.update_xaxes(title_text="round")
+    fig.update_layout(height=280 * rows + 60, margin=dict(l=50, r=20, t=50, b=40), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.12))
+    return go.FigureWidget(fig)
+
+
+class LiveChart:
+    """``box``: the widget to show. ``begin`` a run, ``add`` its rounds, ``end`` it; ``compare``
+    sets the finished runs drawn alongside ({name: (history, colour)})."""
+
+    def __init__(self, redraw_interval: float = 0.25):
+        self.redraw_interval = redraw_interval
+        self.panels = PANELS
+        self.figure = empty_figure(self.panels)
+        self.box = W.VBox([self.figure])       # a column: the chart takes the full width
+        self.live: tuple[str, str, list] | None = None     # (name, colour, rows so far) during a run
+        self.others: dict[str, tuple[pd.DataFrame, str]] = {}
+        self._live_epsilon = False                         # the live run reports epsilon (DP)
+        self._last_draw = 0.0
+
+    # -- the run in progress ---------------------------------------------------------------------
+    def begin(self, name: str, color: str, rows=(), epsilon: bool = False) -> None:
+        """Start drawing run ``name`` (``rows``: rounds it already has, when it continues)."""
+        self.live, self._live_epsilon, self._last_draw = (name, color, list(rows)), epsilon, 0.0
+        self._set_panels()
+        self.redraw()
+
+    @property
+    def live_rows(self) -> list:
+        return [] if self.live is None else self.live[2]
+
+    def add(self, row: dict) -> bool:
+        """Collect a round's row; redraw if ``redraw_interval`` has passed. True if redrawn."""
+        self.live[2].append(row)
+        now = time.perf_counter()
+        if now - self._last_draw < self.redraw_interval:
+            return False
+        self._last_draw = now
+        self.redraw()
+        return True
+
+    def end(self) -> None:
+        """The run is over (``compare`` then draws it with the others, if it was kept)."""
+        self.live, self._live_epsilon = None, False
+
+    # -- finished runs ----------------------------------------------------------------------------
+    def compare(self, others: dict[str, tuple[pd.DataFrame, str]]) -> None:
+        """Draw these finished runs (and the live one, if any)."""
+        self.others = dict(others)
+        self._set_panels()
+        self.redraw()
+
+    def _set_panels(self) -> None:
+        """A new figure when the epsilon panel comes or goes (a run with DP is drawn)."""
+        epsilon = self._live_epsilon or any("epsilon" in h for h, _ in self.others.values())
+        panels = PANELS + ((EPSILON_PANEL,) if epsilon else ())
+        if panels != self.panels:
+            self.panels = panels
+            self.figure = empty_figure(panels)
+            self.box.children = (self.figure,)
+
+    # -- drawing --------------------------------------------------------------------------------
+    def traces(self) -> list[dict]:
+        traces = []
+        if self.live is not None:
+            name, color, rows = self.live
+            traces += run_traces(pd.DataFrame(rows), name, color, self.panels, MAX_POINTS)
+        for name, (history, color) in self.others.items():
+            if self.live is None or name != self.live[0]:
+                traces += run_traces(history, name, color, self.panels, MAX_POINTS)
+        return traces
+
+    def redraw(self) -> None:
+        """Push the traces to the figure: in place when the set of traces is unchanged (then
+        only the live run's are resent)."""
+        traces, fig = self.traces(), self.figure
+        same = len(fig.data) == len(traces) and all(
+            t.name == n["name"] and t.xaxis == n["xaxis"] and (t.fill or None) == n.get("fill")
+            for t, n in zip(fig.data, traces))
+        with fig.batch_update():
+            if same:
+                live = None if self.live is None else self.live[0]
+                for t, n in zip(fig.data, traces):
+                    if live is None or t.name == live:
+                        t.x, t.y = n["x"], n["y"]
+            else:
+                fig.data = ()
+                fig.add_traces([go.Scatter(**{k: v for k, v in n.items() if k != "type"}) for n in traces])
