@@ -17,6 +17,21 @@ def _as_runs(histories) -> dict[str, pd.DataFrame]:
 
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+
+
+def color(i: int) -> str:
+    """The ``i``-th run's colour: PALETTE first, then hues spaced by the golden angle, so no two
+    runs share a colour however many there are."""
+    if i < len(PALETTE):
+        return PALETTE[i]
+    import colorsys
+
+    hue = (0.07 + 0.618033988749895 * i) % 1.0
+    lightness = (0.38, 0.5, 0.3)[(i // len(PALETTE)) % 3]
+    r, g, b = colorsys.hls_to_rgb(hue, lightness, 0.75)
+    return "#{:02x}{:02x}{:02x}".format(round(r * 255), round(g * 255), round(b * 255))
+
+
 PANELS = (("test_accuracy", "test accuracy"), ("train_loss", "train loss"),
           ("client_acc_p50", "client accuracy (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)"))
 EPSILON_PANEL = ("epsilon", "privacy spent (epsilon)")
@@ -67,7 +82,7 @@ def convergence_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame]) -> 
     rows = max(1, -(-len(panels) // 2))
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels])
     for i, (name, h) in enumerate(runs.items()):
-        fig.add_traces(run_traces(h, name, PALETTE[i % len(PALETTE)], panels))
+        fig.add_traces(run_traces(h, name, color(i), panels))
     fig.update_xaxes(title_text="round")
     fig.update_layout(height=330 * rows, margin=dict(l=50, r=20, t=60, b=40), template="plotly_white")
     return fig

@@ -28,7 +28,8 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
          "--disable-component-update", "--disable-sync"]
 TOKEN = "fedlab-browser-test"
 # the last round drawn in the live accuracy trace (long histories are thinned, so not the length)
-LAST_ROUND = "(() => { const p = document.querySelector('.js-plotly-plot'); " \
+LIVE_CHART = ".fedlab-live-chart .js-plotly-plot"
+LAST_ROUND = f"(() => {{ const p = document.querySelector('{LIVE_CHART}'); " \
              "const x = p && p.data && p.data.length ? p.data[0].x : []; return x.length ? x[x.length - 1] : 0; })()"
 # the status line once a run has ended by Stop: [round N, of rounds] from "stopped: round N of R ...", else null
 STOPPED = "(() => { for (const e of document.querySelectorAll('.widget-html-content')) { " \
@@ -113,7 +114,7 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
 
     run_button = page.locator("button.jupyter-button", has_text="Run").filter(has_not_text="Reset").first
     run_button.wait_for(timeout=180_000)
-    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    page.locator(LIVE_CHART).first.wait_for(timeout=60_000)
     page.locator(".lm-TabBar-tab", has_text="Training").first.click()
     rounds = page.locator(".widget-inline-hbox", has=page.locator("label", has_text="rounds")).locator("input").first
     rounds.fill("100000")
@@ -154,7 +155,7 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     again, _ = page.wait_for_function(f"(() => {{ const s = {STOPPED}; return s && s[0] > {stopped} ? s : null; }})()",
                                       timeout=120_000, polling=20).json_value()
     page.wait_for_function(f"{LAST_ROUND} === {again}", timeout=60_000, polling=50)
-    first_x = page.evaluate("document.querySelector('.js-plotly-plot').data[0].x[0]")
+    first_x = page.evaluate(f"document.querySelector('{LIVE_CHART}').data[0].x[0]")
     assert first_x == 1, f"the continued run's chart starts at round {first_x}, not 1"
     page.screenshot(path=str(artifacts / f"workbench_{tag}.png"), full_page=True)
     result = {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),

@@ -237,9 +237,9 @@ def test_table_overlay_exports_and_reset(data, cache_dir, tmp_path):
     assert list(table.index) == list(wb.runs) and len(table) == 2
     assert table["algorithm"].tolist() == ["fedavg", "fedprox"]
     np.testing.assert_allclose(table["test_accuracy"], [h1["test_accuracy"].iloc[-1], h2["test_accuracy"].iloc[-1]])
-    assert set(wb.overlay.value) == set(wb.runs)
-    names = {t.name for t in wb.figure.data}
-    assert names == set(wb.runs)
+    assert wb.overlay.value == (list(wb.runs)[1],)            # the run just made; others when picked
+    wb.overlay.value = tuple(wb.runs)                           # the user picks both
+    assert {t.name for t in wb.figure.data} == set(wb.runs)
     csv = pd.read_csv(wb.export_csv(str(tmp_path / "runs.csv")), index_col=0)
     np.testing.assert_allclose(csv["test_accuracy"], table["test_accuracy"])
     report = (tmp_path / "runs.html")
@@ -250,7 +250,14 @@ def test_table_overlay_exports_and_reset(data, cache_dir, tmp_path):
     assert {t.name for t in wb.figure.data} == {list(wb.runs)[1]}
     assert table["status"].tolist() == ["completed", "completed"] and table["mu"].tolist()[1] == 0.5
     assert list(wb.run_list.chosen.options) == [*wb.runs, CONTROLS]
+    with pytest.raises(FileExistsError):                                  # never a silent overwrite
+        wb.export_csv(str(tmp_path / "runs.csv"))
+    wb.reset_button.click()                                               # Reset asks first
+    assert len(wb.runs) == 2 and wb.confirm_box.layout.display is None and "Delete all 2 runs" in wb.confirm_text.value
+    wb.cancel_reset.click()
+    assert len(wb.runs) == 2 and wb.confirm_box.layout.display == "none"
     wb.reset_button.click()
+    wb.confirm_reset.click()
     assert not wb.runs and len(wb.figure.data) == 0 and wb.table().empty
 
 
@@ -273,6 +280,7 @@ def test_dp_controls_show_the_epsilon_the_run_spends(data, cache_dir):
     wb = make(data, cache_dir, rounds=4)       # sampling left to the Experiment: poisson with DP
     wb.form.apply({"dp": "noise multiplier", "noise_multiplier": 1.5, "clip": 0.5, "delta": 1e-3})
     assert wb.experiment().privacy == fedlab.Privacy(noise_multiplier=1.5, clip=0.5, delta=1e-3)
+    assert wb.wait_idle()
     assert "3 of 6 clients a round, poisson sampling" in wb.form.dp_info.value
     # independent epsilon: dp_accounting's RDP accountant on 4 Poisson-sampled Gaussian rounds, q = 3/6
     acc = rdp.RdpAccountant()
@@ -287,6 +295,7 @@ def test_dp_controls_show_the_epsilon_the_run_spends(data, cache_dir):
     eps_trace = [t for t in wb.figure.data if t.xaxis == "x5"][0]
     np.testing.assert_allclose(eps_trace.y, history["epsilon"])
     wb.form.apply({"dp": "target epsilon", "target_epsilon": 2.0})
+    assert wb.wait_idle()
     assert "ε = 2" in wb.form.dp_info.value
     shown = {n: wb.controls[n].layout.display != "none" for n in ("target_epsilon", "noise_multiplier", "clip")}
     assert shown == {"target_epsilon": True, "noise_multiplier": False, "clip": True}
@@ -412,3 +421,298 @@ def test_a_failed_round_says_failed_and_keeps_the_rounds_before(data, cache_dir)
                                                     " · 2 rounds kept")
     finally:
         ALGORITHMS._entries.pop("ui_test_fails")
+
+
+# ---- the Data tab -------------------------------------------------------------------------------
+def test_data_tab_draws_the_partition_off_the_main_thread_and_follows_alpha(data, cache_dir):
+    import threading
+
+    wb = make(data, cache_dir)
+    assert wb.data_view.wait(60)
+    heat, sizes = wb.data_view.figure.data                 # the given data: 6 clients x 3 classes
+    np.testing.assert_array_equal(np.array(heat.customdata), data.label_histogram().to_numpy())
+    np.testing.assert_allclose(np.array(heat.z).sum(1), 1.0)
+    np.testing.assert_array_equal(sizes.x, data.train_counts)
+    assert "<b>6</b> clients" in wb.data_view.status.value
+    # a slow load happens in the background: the kernel is free, the tab says "loading data..."
+    release, load = threading.Event(), wb.data.load
+    wb.data.load = lambda *a: (release.wait(60), load(*a))[1]
+    started = time.perf_counter()
+    wb.form.apply({"dataset": "synthetic_iid", "partition": "dirichlet:0.01", "num_clients": 8})
+    assert time.perf_counter() - started < 2 and wb.data_view.status.value == "<i>loading data...</i>"
+    release.set()
+    assert wb.data_view.wait(120) and wb.data_view.worker.error is None
+    skewed = wb.data_view.data.summary()["tv_distance"].mean()
+    assert np.array(wb.data_view.figure.data[0].z).shape == (8, 10)
+    wb.form.apply({"partition": "dirichlet:100"})
+    assert wb.data_view.wait(120)
+    assert wb.data_view.data.summary()["tv_distance"].mean() < skewed - 0.3       # alpha 100: near IID
+    assert f"label skew {wb.data_view.data.summary()['tv_distance'].mean():.2f}" in wb.data_view.status.value
+    wb.form.apply({"partition": "dirichlet:0.01"})                                   # cached: no reload
+    assert wb.data_view.status.value != "<i>loading data...</i>"
+    assert wb.data_view.wait(60)
+    assert wb.data_view.data.summary()["tv_distance"].mean() == pytest.approx(skewed)
+
+
+def test_a_log_slider_reads_round_values():
+    from fedlab.ui.controls import Controls
+
+    form = Controls()
+    form.widgets["partition"].value = "dirichlet"
+    alpha = form.knobs("partition")["alpha"]
+    alpha.widget.value = 10 ** -0.3                        # where the slider stops: 0.501187...
+    assert alpha.get() == 0.5
+    alpha.widget.value = 10 ** -1.05
+    assert alpha.get() == 0.089 and form.experiment().partition_spec == "dirichlet:0.089"
+    alpha.set(0.123)                                       # set exactly (from code): kept exactly
+    assert alpha.get() == 0.123
+
+
+def test_a_regression_target_shows_each_clients_target_distribution():
+    from fedlab.ui.data_view import TARGET_BINS, partition_figure, partition_table
+
+    rng = np.random.default_rng(0)
+    parts = [(rng.normal(size=(30, 2)), rng.normal(loc=k, size=30)) for k in range(4)]
+    reg = fedlab.FederatedDataset.from_clients("reg", parts, [(x[:5], y[:5]) for x, y in parts], 0)
+    table, what = partition_table(reg)
+    assert what == "target range" and table.shape == (4, TARGET_BINS)
+    np.testing.assert_array_equal(table.sum(axis=1), reg.train_counts)
+    share = table.to_numpy() / 30
+    assert share[0, 0] > share[3, 0] and share[3, -1] > share[0, -1]      # client 3's targets are larger
+    assert partition_figure(reg).data[0].type == "heatmap"
+
+
+# ---- privacy ------------------------------------------------------------------------------------
+@pytest.mark.skipif(not dp_available(), reason="fedlab.privacy is not in this installation")
+def test_epsilon_is_calibrated_off_the_main_thread_once_and_the_run_reuses_it(data, cache_dir, monkeypatch):
+    import threading
+
+    from fedlab.privacy import accounting
+
+    calls, release, calibrate = [], threading.Event(), accounting.calibrate
+
+    def slow_calibrate(*args, **kw):
+        calls.append(args)
+        release.wait(60)
+        return calibrate(*args, **kw)
+    monkeypatch.setattr(accounting, "calibrate", slow_calibrate)
+    wb = make(data, cache_dir, rounds=4)
+    started = time.perf_counter()
+    wb.form.apply({"dp": "target epsilon", "target_epsilon": 3.0})
+    assert time.perf_counter() - started < 2                           # the kernel is free meanwhile
+    assert "computing epsilon..." in wb.form.dp_info.value
+    wb.controls["seed"].value = 1                                      # another control is handled...
+    assert wb.experiment().seed == 1 and "computing epsilon..." in wb.form.dp_info.value
+    release.set()
+    assert wb.wait_idle()
+    assert "ε = 3" in wb.form.dp_info.value and "What ε means" in wb.form.dp_info.value
+    assert len(calls) == 1                       # seed changed nothing the calibration depends on
+    history = wb.run()                           # ...and Run reuses that calibration
+    assert len(calls) == 1 and wb.calibrations.computed == 1
+    assert history.settings["privacy"]["target_epsilon"] == 3.0            # the run is still "target ε 3"
+    assert history.settings["privacy"]["noise_multiplier"] is None
+    assert history["epsilon"].iloc[-1] == pytest.approx(3.0, rel=1e-2)
+    wb.controls["rounds"].value = 5                                    # a new setting: calibrated anew
+    assert wb.wait_idle() and len(calls) == 2
+
+
+@pytest.mark.skipif(not dp_available(), reason="fedlab.privacy is not in this installation")
+def test_the_privacy_tab_warns_when_the_noise_swamps_the_signal(data, cache_dir):
+    from fedlab.ui.privacy import num_params
+
+    wb = make(data, cache_dir, rounds=4)
+    wb.form.apply({"dp": "noise multiplier", "noise_multiplier": 1.0, "clip": 1.0})
+    assert wb.wait_idle()
+    d = num_params(wb.experiment().build(data).model)
+    assert d == 5 * 3 + 3                                              # logreg: 5 features x 3 classes + bias
+    text = html.unescape(wb.form.dp_info.value)
+    assert "fedlab-dp-warning" in text and f"{np.sqrt(d) / 3:.2g}× the largest possible signal" in text
+    wb.form.apply({"noise_multiplier": 0.1})                           # 0.1 * sqrt(18) / 3 = 0.14: no warning
+    assert wb.wait_idle() and "fedlab-dp-warning" not in wb.form.dp_info.value
+
+
+# ---- runs you can tell apart --------------------------------------------------------------------
+def test_run_names_say_what_differs_numbers_have_no_gaps_and_runs_rename_and_delete(data, cache_dir):
+    wb = make(data, cache_dir, rounds=2, client_lr=0.01)          # fedavg's default learning rate
+    wb.run()
+    wb.run(algorithm="fedprox", mu=0.5)
+    wb.run(algorithm="fedavg", seed=1)
+    with pytest.raises(ValueError):
+        wb.run(clients_per_round=50)                       # fails in the training thread: not kept
+    wb.run(clients_per_round=3, local_steps=7, seed=0)
+    assert list(wb.runs) == ["#1 fedavg · toy (given)", "#2 fedprox mu=0.5", "#3 fedavg · seed=1",
+                             "#4 fedavg · 7 steps · seed=0"]
+    assert len(set(wb.run_list.colors.values())) == 4
+    table = wb.run_list.overview()
+    assert {"dataset", "model", "options", "clients", "per round", "local work", "seed", "privacy",
+            "test_accuracy"} <= set(table.columns)
+    assert table.loc["#4 fedavg · 7 steps · seed=0", "local work"] == "7 steps"
+    wb.run_list.sort_by.value = "test_accuracy"
+    shown = wb.run_list.overview()
+    assert shown["test_accuracy"].is_monotonic_increasing
+    assert wb.run_list.table_html.value.index(shown.index[0]) < wb.run_list.table_html.value.index(shown.index[-1])
+    wb.run_list.chosen.value = "#2 fedprox mu=0.5"
+    wb.run_list.new_label.value = "proximal"
+    wb.run_list.rename_button.click()
+    assert "#2 proximal" in wb.runs and "#2 fedprox mu=0.5" not in wb.runs
+    assert wb.run_list.chosen.value == "#2 proximal" and "#2 proximal" in wb.overlay.options
+    color = wb.run_list.colors["#2 proximal"]
+    wb.run_list.chosen.value = "#1 fedavg · toy (given)"
+    wb.run_list.delete_button.click()
+    assert list(wb.runs) == ["#2 proximal", "#3 fedavg · seed=1", "#4 fedavg · 7 steps · seed=0"]
+    assert {t.name for t in wb.figure.data} == set(wb.runs)
+    wb.run(seed=2)
+    assert list(wb.runs)[-1].startswith("#5 ")
+    assert wb.run_list.colors["#2 proximal"] == color and len(set(wb.run_list.colors.values())) == 4
+
+
+def test_the_csv_export_is_a_download_link_that_names_its_runs(data, cache_dir):
+    import base64
+    import re
+
+    wb = make(data, cache_dir, rounds=2)
+    assert "once there are runs" in wb.run_list.csv_link.value
+    wb.run()
+    wb.run(seed=1)
+    link = wb.run_list.csv_link.value
+    filename = re.search(r"download='([^']+)'", link).group(1)
+    assert re.fullmatch(r"fedlab-runs-\d{8}-\d{6}\.csv", filename)
+    payload = base64.b64decode(re.search(r"href='data:text/csv;base64,([^']+)'", link).group(1)).decode()
+    assert payload == wb.table().to_csv() and "2 runs (#1, #2)" in link
+    wb.run_list.html_button.click()
+    report = wb.run_list.html_link.value
+    assert "data:text/html;base64," in report and "2 runs (#1, #2)" in report
+    assert re.search(r"download='fedlab-report-\d{8}-\d{6}\.html'", report)
+
+
+def test_describe_names_the_settings_that_differ():
+    from fedlab.ui.runs import describe, identity
+
+    base = fedlab.Experiment(dataset="synthetic:0.5,0.5", partition="dirichlet:0.3")
+    others = [identity(base), identity(base.replace(num_clients=50))]
+    assert describe(base, None, []) == "fedavg · synthetic:0.5,0.5 · dirichlet:0.3"
+    dp = base.replace(privacy=fedlab.Privacy(target_epsilon=8.0), local_epochs=2, model="mlp")
+    assert describe(dp, None, others) == "fedavg · mlp · clients=default · 2 epochs · DP ε=8"
+
+
+# ---- charts and status --------------------------------------------------------------------------
+def test_charts_hide_empty_axes_draw_the_live_run_on_top_and_switch_to_log_scale(data, cache_dir):
+    from fedlab.ui.charts import UNITS
+
+    wb = make(data, cache_dir, rounds=3)
+    fig = wb.figure
+    assert not fig.data and fig.layout.xaxis.visible is False and fig.layout.yaxis.visible is False
+    assert wb.chart.empty_note.layout.display is None
+    assert fig.layout.yaxis.title.text == UNITS["test_accuracy"] and fig.layout.yaxis4.title.text.startswith("MB")
+    first = wb.run()
+    wb.overlay.value = tuple(wb.runs)
+    on_round, seen = wb._on_round, []
+
+    def look(event):                       # during the second run: the live run's traces come last
+        on_round(event)
+        seen.append([t.name for t in wb.figure.data])
+    wb._on_round = look
+    wb.run(seed=1)
+    live = list(wb.runs)[1]
+    assert seen and all(names[-1] == live and names[0] == list(wb.runs)[0] for names in seen)
+    assert wb.figure.layout.xaxis.visible is True and wb.chart.empty_note.layout.display == "none"
+    wb.chart.log_scale.value = True
+    types = {j: getattr(wb.figure.layout, f"yaxis{'' if j == 1 else j}").type for j in (1, 2, 3, 4)}
+    assert types[2] == "log" and types[4] == "log" and types[1] != "log" and types[3] != "log"
+    wb.chart.log_scale.value = False
+    assert wb.figure.layout.yaxis2.type == "linear"
+    assert len(first) == 3
+
+
+def test_status_separates_compiling_from_the_steady_rate():
+    from types import SimpleNamespace
+
+    from fedlab.ui.runs import progress_text
+
+    event = SimpleNamespace(round=11, rounds=101, elapsed=5.0 + 10 * 0.1, metrics={"test_accuracy": 0.5})
+    text = progress_text(event, 11, first_seconds=5.0)          # round 1: 5 s (compiling), then 0.1 s each
+    assert "first round 5.0 s (compiling)" in text and "0.1 s/round (10 rounds/s)" in text
+    assert "ETA 9 s" in text                                     # 90 rounds at the steady 0.1 s, not 0.55 s
+    assert "compiling included" in progress_text(SimpleNamespace(**{**vars(event), "round": 1}), 1, 5.0)
+
+
+def test_run_colours_never_repeat():
+    from fedlab.report import color
+
+    assert len({color(i) for i in range(100)}) == 100
+
+
+# ---- per client ---------------------------------------------------------------------------------
+def test_after_a_run_the_clients_view_shows_accuracy_by_client_size_and_label_skew(data, cache_dir):
+    wb = make(data, cache_dir, rounds=3)
+    assert not wb.client_view.figure.data
+    history = wb.run()
+    clients = wb.clients()
+    np.testing.assert_allclose(clients["test_accuracy"], history.per_client["test_accuracy"])
+    np.testing.assert_allclose(clients["label_skew"], data.summary()["tv_distance"])
+    hist, by_size, by_skew = wb.client_view.figure.data
+    np.testing.assert_allclose(hist.x, history.per_client["test_accuracy"])
+    np.testing.assert_array_equal(by_size.x, data.train_counts)
+    np.testing.assert_allclose(by_skew.x, data.summary()["tv_distance"])
+    name = next(iter(wb.runs))
+    assert f"Clients of {name}" in html.unescape(wb.client_view.title.value)
+    assert f"median {np.median(history.per_client['test_accuracy']):.3f}" in wb.client_view.title.value
+    wb.delete(name)
+    assert not wb.client_view.figure.data and wb.client_view.shown is None
+
+
+# ---- settings: flagged at the field, tooltips, models that fit, presets ------------------------
+def test_an_invalid_value_is_flagged_at_its_field_and_the_banner_clears_when_fixed(data, cache_dir):
+    wb = make(data, cache_dir)
+    wb.controls["batch_size"].value = 0
+    assert "fedlab-invalid" in wb.controls["batch_size"]._dom_classes
+    assert "batch_size must be an integer >= 1, got 0" in html.unescape(wb.message.value)
+    assert wb.controls["batch_size"].value == 0                          # not clamped
+    wb.controls["batch_size"].value = 8
+    assert wb.message.value == "" and "fedlab-invalid" not in wb.controls["batch_size"]._dom_classes
+    assert wb.data_view.wait(60)
+    wb.controls["clients_per_round"].value = 50                          # more than the 6 clients of the data
+    assert "fedlab-invalid" in wb.controls["clients_per_round"]._dom_classes
+    assert "at most the 6 clients" in wb.message.value
+    wb.controls["clients_per_round"].value = 3
+    wb.controls["algorithm"].value = "fedprox"
+    mu = wb.form.knobs("algorithm")["mu"].widget
+    mu.value = -1.0
+    assert "fedlab-invalid" in mu._dom_classes and "mu must be >= 0" in html.unescape(wb.message.value)
+    mu.value = 0.1
+    assert wb.message.value == "" and not mu._dom_classes
+
+
+def test_every_control_has_a_tooltip_and_cnn_is_offered_only_for_images(data, cache_dir):
+    wb = make(data, cache_dir)
+    for name, widget in wb.controls.items():
+        assert getattr(widget, "tooltip", ""), f"{name} has no tooltip"
+    assert "(examples per mini-batch)" in wb.controls["batch_size"].tooltip
+    for kind in ("dataset", "partition", "algorithm", "model"):
+        for option in wb.form.names(kind):
+            if option in ("default", "(given)"):
+                continue
+            wb.controls[kind].value = option
+            for knob, control in wb.form.knobs(kind).items():
+                assert control.widget.tooltip, f"{kind} {option}: {knob} has no tooltip"
+    assert wb.data_view.wait(60)
+    assert "cnn" not in wb.form.names("model") and "mlp" in wb.form.names("model")     # 5 features: a table
+    images = fedlab.FederatedDataset.from_clients(
+        "img", [(np.zeros((4, 8, 8, 1)) + k, np.arange(4) % 2) for k in range(3)],
+        [(np.zeros((2, 8, 8, 1)), np.arange(2) % 2) for _ in range(3)], 2)
+    wb2 = Workbench(images, compilation_cache=cache_dir, warm_up=False)
+    assert wb2.data_view.wait(60) and "cnn" in wb2.form.names("model")
+
+
+def test_presets_set_the_controls_to_runnable_settings(data, cache_dir):
+    from fedlab.ui.presets import PRESETS
+
+    wb = make(data, cache_dir)
+    for name, (experiment, _about) in PRESETS.items():
+        wb.preset.value = name
+        assert wb.experiment() == experiment and wb.preset_info.value and wb.message.value == ""
+    dp_big, dp_small = PRESETS["3a · DP at scale: 250 of 1000 clients a round, ε = 8"][0], \
+        PRESETS["3b · DP, only 10 clients a round, ε = 8"][0]
+    assert dp_big.clients_per_round == 250 and dp_small.clients_per_round == 10
+    assert wb.wait_idle(600)
+    assert "fedlab-dp-warning" in wb.form.dp_info.value                  # 3b, the last preset: noise swamps

@@ -18,16 +18,26 @@ from plotly.subplots import make_subplots
 from fedlab.report import EPSILON_PANEL, PANELS, run_traces
 
 MAX_POINTS = 400                        # longer histories are thinned before they are sent
+# the y axis of each panel: what is measured, in which unit
+UNITS = {"test_accuracy": "share of test rows correct", "train_loss": "mean loss per example",
+         "client_acc_p50": "accuracy (share correct)", "bytes_up": "MB (10⁶ bytes, up + down)",
+         "epsilon": "ε (at the run's δ)"}
+LOG_PANELS = ("train_loss", "bytes_up")  # the panels the log-scale toggle switches
+EMPTY_TEXT = "Press <b>Run</b>: the charts fill in round by round."
 
 
 def empty_figure(panels) -> go.FigureWidget:
-    """A FigureWidget with one subplot per panel, laid out like the HTML report."""
+    """A FigureWidget with one subplot per panel, laid out like the HTML report; the axes stay
+    hidden until there is something to draw."""
     rows = -(-len(panels) // 2)
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels],
-                        horizontal_spacing=0.08, vertical_spacing=0.14 if rows > 2 else 0.18)
-    fig.update_xaxes(title_text="round")
-    fig.update_layout(height=280 * rows + 60, margin=dict(l=50, r=20, t=50, b=40), template="plotly_white",
-                      legend=dict(orientation="h", y=-0.12))
+                        horizontal_spacing=0.09, vertical_spacing=0.14 if rows > 2 else 0.18)
+    fig.update_xaxes(title_text="round", visible=False)
+    fig.update_yaxes(visible=False)
+    for j, (col, _) in enumerate(panels):
+        fig.update_yaxes(title_text=UNITS.get(col, col), row=j // 2 + 1, col=j % 2 + 1)
+    fig.update_layout(height=280 * rows + 70, margin=dict(l=60, r=20, t=50, b=40), template="plotly_white",
+                      legend=dict(orientation="h", y=-0.12), autosize=True)
     return go.FigureWidget(fig)
 
 
@@ -39,7 +49,13 @@ class LiveChart:
         self.redraw_interval = redraw_interval
         self.panels = PANELS
         self.figure = empty_figure(self.panels)
-        self.box = W.VBox([self.figure])       # a column: the chart takes the full width
+        self.log_scale = W.Checkbox(value=False, description="log scale (loss, MB)", indent=False,
+                                    tooltip="draw the loss and megabytes panels on a logarithmic y axis")
+        self.empty_note = W.HTML(f"<i>{EMPTY_TEXT}</i>")
+        self.log_scale.observe(lambda _: self._apply_log_scale(), "value")
+        self.box = W.VBox([W.HBox([self.log_scale, self.empty_note]), self.figure],
+                          layout=W.Layout(width="100%"))       # a column: the chart takes the full width
+        self.box.add_class("fedlab-live-chart")
         self.live: tuple[str, str, list] | None = None     # (name, colour, rows so far) during a run
         self.others: dict[str, tuple[pd.DataFrame, str]] = {}
         self._live_epsilon = False                         # the live run reports epsilon (DP)
@@ -84,17 +100,27 @@ class LiveChart:
         if panels != self.panels:
             self.panels = panels
             self.figure = empty_figure(panels)
-            self.box.children = (self.figure,)
+            self.box.children = (self.box.children[0], self.figure)
+            self._apply_log_scale()
+
+    def _apply_log_scale(self) -> None:
+        log = self.log_scale.value
+        with self.figure.batch_update():
+            for j, (col, _) in enumerate(self.panels):
+                if col in LOG_PANELS:
+                    self.figure.update_yaxes(type="log" if log else "linear", row=j // 2 + 1, col=j % 2 + 1)
 
     # -- drawing --------------------------------------------------------------------------------
     def traces(self) -> list[dict]:
+        """The finished runs' traces, then the live run's (drawn last: on top)."""
         traces = []
-        if self.live is not None:
-            name, color, rows = self.live
-            traces += run_traces(pd.DataFrame(rows), name, color, self.panels, MAX_POINTS)
         for name, (history, color) in self.others.items():
             if self.live is None or name != self.live[0]:
                 traces += run_traces(history, name, color, self.panels, MAX_POINTS)
+        if self.live is not None:
+            name, color, rows = self.live
+            traces += [{**t, "line": {**t["line"], "width": 3}} if "fill" not in t else t
+                       for t in run_traces(pd.DataFrame(rows), name, color, self.panels, MAX_POINTS)]
         return traces
 
     def redraw(self) -> None:
@@ -103,8 +129,13 @@ class LiveChart:
         traces, fig = self.traces(), self.figure
         same = len(fig.data) == len(traces) and all(
             t.name == n["name"] and t.xaxis == n["xaxis"] and (t.fill or None) == n.get("fill")
-            for t, n in zip(fig.data, traces))
+            and t.line.width == n["line"].get("width") for t, n in zip(fig.data, traces))
+        empty = not traces
+        self.empty_note.layout.display = None if empty else "none"
         with fig.batch_update():
+            if bool(fig.layout.xaxis.visible) == empty:         # axes only once there is a run
+                fig.update_xaxes(visible=not empty)
+                fig.update_yaxes(visible=not empty)
             if same:
                 live = None if self.live is None else self.live[0]
                 for t, n in zip(fig.data, traces):

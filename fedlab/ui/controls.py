@@ -34,6 +34,45 @@ DATA_FIELDS = ("dataset", "dataset_options", "partition", "partition_options", "
 TABS = (("Data", ("data",)), ("Algorithm", ("algorithm", "model")), ("Training", ("schedule",)),
         ("Privacy", ("privacy",)))
 STYLE = {"description_width": "initial"}
+# the unit each setting's help (from the Experiment) leaves implicit
+FIELD_UNITS = {"num_clients": "clients; 0: the default", "test_fraction": "a share, 0 to 1", "rounds": "rounds",
+               "clients_per_round": "clients; 0: the default", "batch_size": "examples per mini-batch",
+               "stragglers": "a share of each round's clients, 0 to 0.95", "eval_every": "rounds",
+               "seed": "an integer", "chunk_size": "clients, or auto", "clip": "L2 norm of the update",
+               "target_epsilon": "ε; smaller = more private", "noise_multiplier": "noise std / clip norm",
+               "delta": "a probability, well below 1/clients", "dataset": "", "partition": "", "model": "",
+               "algorithm": "", "sampling": "", "accountant": "", "adaptive_clipping": ""}
+
+
+def _help(field) -> str:
+    unit = FIELD_UNITS.get(field.name, "")
+    return field.metadata["help"] + (f" ({unit})" if unit else "")
+
+
+# tooltips of the registered factories' options: meaning and unit
+KNOB_HELP = {
+    "client_lr": "each client's SGD step size (learning rate; parameter change per unit gradient)",
+    "server_lr": "the server's step size on the averaged update (1: take the mean as is)",
+    "lr": "step size (learning rate)",
+    "mu": "FedProx proximal weight: pulls each client's model toward the global one (0: FedAvg)",
+    "alpha": "Dirichlet concentration of each class over clients: small (0.01-0.1) = each client sees "
+             "few classes (non-IID), large (10-100) = every client sees every class (IID)",
+    "beta": "Dirichlet concentration of client sizes: small = very unequal sizes, large = equal sizes",
+    "min_size": "fewest training rows a client may get (rows)",
+    "shards_per_client": "label-sorted shards per client (fewer = fewer classes per client)",
+    "exponent": "power-law exponent of client sizes (larger = more unequal)",
+    "sigma": "std of the Gaussian noise added to each client's features (feature units)",
+    "column": "the raw column whose values become the clients",
+    "hidden": "sizes of the hidden layers (units per layer, comma separated)",
+    "channels": "convolution channels per layer (comma separated)",
+    "dense": "units of the dense layer",
+    "balance": "weigh classes so a rare class counts as much as a common one",
+    "beta1": "first-moment decay of the server optimizer (0-1)",
+    "beta2": "second-moment decay of the server optimizer (0-1)",
+    "tau": "adaptivity of the server optimizer (epsilon in the denominator)",
+    "momentum": "server momentum (0: none, 0.9: typical)",
+    "q": "q-FFL fairness: 0 = FedAvg, larger = more weight on clients with a high loss",
+}
 
 
 def dp_available() -> bool:
@@ -134,7 +173,8 @@ def _special(field: dataclasses.Field, tooltip: str) -> Control | None:
         return Control(name, W.Dropdown(description=name, style=STYLE, tooltip=tooltip),
                        lambda v: None if v == DEFAULT else v, lambda v: DEFAULT if v is None else v)
     if name == "sampling":
-        return _choice(name, [DEFAULT, "fixed", "poisson"], field.default, tooltip)
+        return _choice(name, [DEFAULT, *(field.metadata.get("choices") or ("fixed", "poisson"))], field.default,
+                       tooltip)
     if name in ("num_clients", "clients_per_round"):
         return _typed(name, field.default, tooltip, optional=True, label="clients" if name == "num_clients" else None)
     if name == "stragglers":
@@ -146,18 +186,43 @@ def _special(field: dataclasses.Field, tooltip: str) -> Control | None:
     return None
 
 
+def _round(value: float, digits: int = 2) -> float:
+    """``value`` to ``digits`` significant digits: a log slider's 0.5011872336272722 is 0.5."""
+    return float(f"{value:.{digits}g}")
+
+
+class LogControl(Control):
+    """A log slider whose value is read rounded to 2 significant digits (its positions are powers
+    of 10 such as 10**-0.3 = 0.501...), except a value set exactly (``set(0.123)`` gives 0.123)."""
+
+    def __init__(self, name: str, widget: W.FloatLogSlider):
+        super().__init__(name, widget)
+        self._exact: float | None = None
+
+    def get(self):
+        value = self.widget.value
+        return self._exact if self._exact is not None and value == self._exact else _round(value)
+
+    def set(self, value) -> None:
+        super().set(value)
+        self._exact = self.widget.value
+
+
 def _knob(kind: str, entry: str, name: str, default) -> Control:
     """The widget of one option of a registered factory: learning rates and dirichlet's alpha on
     log sliders, other numbers in text boxes."""
+    tooltip = KNOB_HELP.get(name, f"{_label(name)}: an option of the {kind} {entry!r} (default {default!r})")
     if isinstance(default, float) and not isinstance(default, bool):
         if kind == "partition" and entry in ("dirichlet", "quantity_dirichlet") and name in ("alpha", "beta"):
-            return Control(name, W.FloatLogSlider(value=default, base=10, min=-2, max=2, step=0.05, style=STYLE,
-                                                  description=f"{name} (heterogeneity)", readout_format=".3g"))
+            return LogControl(name, W.FloatLogSlider(value=default, base=10, min=-2, max=2, step=0.05, style=STYLE,
+                                                     description=f"{name} (heterogeneity)", readout_format=".2g",
+                                                     tooltip=tooltip, layout=_width(420)))
         if name in LOG_KNOBS and default > 0:
             lo, hi = LOG_KNOBS[name]
-            return Control(name, W.FloatLogSlider(value=default, base=10, min=lo, max=hi, step=0.1, style=STYLE,
-                                                  description=_label(name), readout_format=".3g"))
-    return _typed(name, default)
+            return LogControl(name, W.FloatLogSlider(value=default, base=10, min=lo, max=hi, step=0.1, style=STYLE,
+                                                     description=_label(name), readout_format=".2g",
+                                                     tooltip=tooltip, layout=_width(380)))
+    return _typed(name, default, tooltip)
 
 
 # ---- the controls ----------------------------------------------------------------------------
@@ -172,13 +237,14 @@ class Controls:
         for f in dataclasses.fields(Experiment):
             if f.name.endswith("_options") or f.name in ("privacy", "local_steps", "local_epochs"):
                 continue
-            self.fields[f.name] = _special(f, f.metadata["help"]) or _typed(f.name, f.default, f.metadata["help"])
+            self.fields[f.name] = _special(f, _help(f)) or _typed(f.name, f.default, _help(f))
         self._make_work_widgets()
         self._make_privacy_widgets()
         self._knobs: dict[tuple, Control] = {}
         self.knob_boxes = {kind: W.HBox(layout=W.Layout(flex_flow="row wrap")) for kind in REGISTRIES}
         self.algorithm_info = W.HTML()
         self._listeners: list = []
+        self.offered: dict[str, set | None] = {kind: None for kind in REGISTRIES}   # None: all registered
         self._batch = 0                     # > 0 inside show / apply: listeners are called once, after
         self.widgets = {**{n: c.widget for n, c in self.fields.items()}, **self.work, **self.dp}
         for widget in self.widgets.values():
@@ -195,7 +261,8 @@ class Controls:
         self.work = {"work": W.Dropdown(options=["1 local epoch (default)", "local steps", "local epochs"],
                                         description="local work", style=STYLE, layout=_width(260),
                                         tooltip="mini-batch steps or passes over its data per client per round"),
-                     "work_amount": W.IntText(value=1, layout=_width(80))}
+                     "work_amount": W.IntText(value=1, layout=_width(80),
+                                              tooltip="how many local steps (mini-batches) or epochs (passes)")}
         amount = self.work["work_amount"]
         self.work["work"].observe(lambda c: setattr(amount.layout, "display", "none" if c.new.startswith("1 ") else None),
                                   "value")
@@ -214,14 +281,18 @@ class Controls:
     def _make_privacy_widgets(self):
         """The DP mode ("off" / "target epsilon" / "noise multiplier") and one widget per field of
         fedlab.Privacy (epsilon and noise multiplier start at values worth trying)."""
-        self.dp = {"dp": W.ToggleButtons(options=DP_MODES, value="off", description="DP",
-                                         style={"button_width": "130px"})}
+        self.dp = {"dp": W.ToggleButtons(
+            options=DP_MODES, value="off", description="DP", style={"button_width": "130px"},
+            tooltips=["no differential privacy",
+                      "give the privacy budget ε for the whole run; the noise is calibrated to it",
+                      "give the noise (std / clip norm); the ε spent is reported each round"],
+            tooltip="user-level differential privacy of the clients' updates (DP-FedAvg)")}
         start = {"target_epsilon": 4.0, "noise_multiplier": 1.0}
         self.privacy_fields = {}
         for f in dataclasses.fields(Privacy):
-            help_ = f.metadata["help"]
+            help_ = _help(f)
             if f.name == "accountant":
-                control = _choice(f.name, ["rdp", "pld"], f.default, help_)
+                control = _choice(f.name, list(f.metadata.get("choices") or ("rdp", "pld")), f.default, help_)
             else:
                 control = _typed(f.name, start.get(f.name, f.default), help_)
             control.widget.description = {"target_epsilon": "target ε", "delta": "δ"}.get(f.name, _label(f.name))
@@ -235,27 +306,6 @@ class Controls:
                   "noise multiplier": {"target_epsilon"}}[self.dp["dp"].value]
         for name, control in self.privacy_fields.items():
             control.widget.layout.display = "none" if name in hidden else None
-
-    def show_epsilon(self, data) -> None:
-        """The epsilon the run will spend, as the strategy ``Experiment.build`` makes reports it
-        (``data``: the run's FederatedDataset, or None when it is not loaded yet)."""
-        if not dp_available():
-            return
-        try:
-            experiment = self.experiment()
-            if experiment.privacy is None:
-                self.dp_info.value = "<i>no privacy guarantee</i>"
-            elif data is None:
-                self.dp_info.value = "<i>the ε this run spends shows once its data is loaded (by a run)</i>"
-            else:
-                built = experiment.build(data)
-                spent = built.strategy.report(experiment.rounds)
-                self.dp_info.value = (
-                    f"This run will spend <b>ε = {spent['epsilon']:.3g}</b> at δ = {experiment.privacy.delta:g} "
-                    f"over {experiment.rounds} rounds (noise multiplier {spent['noise_multiplier']:.3g}, "
-                    f"{built.clients_per_round} of {data.num_clients} clients a round, {built.sampling} sampling).")
-        except Exception as err:       # noqa: BLE001 - shown in place of the epsilon
-            self.dp_info.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
 
     def _layout(self) -> W.Tab:
         w = self.widgets
@@ -295,6 +345,8 @@ class Controls:
                 names = ([GIVEN] if self.given else []) + [n for n in names if n not in HIDDEN_DATASETS]
             if kind == "partition":
                 names = [DEFAULT] + names
+            if self.offered.get(kind) is not None:
+                names = [n for n in names if n in self.offered[kind]]
             box = self.widgets[kind]
             if list(box.options) != names:
                 current = box.value
@@ -302,6 +354,13 @@ class Controls:
                 box.options = names
                 box.value = current if current in names else preferred if preferred in names else names[0]
             self._show_knobs(kind)
+
+    def offer(self, kind: str, names: set | None) -> None:
+        """Offer only ``names`` of ``kind`` (None: all registered), e.g. only the models that fit
+        the data; a selection no longer offered falls back to the default."""
+        if names != self.offered.get(kind):
+            self.offered[kind] = None if names is None else set(names)
+            self.refresh()
 
     def names(self, kind: str) -> list[str]:
         return list(self.widgets[kind].options)
@@ -347,6 +406,16 @@ class Controls:
                 values.pop(name)
         return Experiment(**values)
 
+    def data_experiment(self) -> Experiment:
+        """An Experiment of the data settings alone (and the seed), the rest at its defaults: what
+        the Data tab draws, valid even while another tab holds an invalid value."""
+        if self.uses_given:
+            return Experiment(seed=self.fields["seed"].get())
+        values = {name: self.fields[name].get() for name in (*DATA_FIELDS, "seed") if name in self.fields}
+        for kind in ("dataset", "partition"):
+            values[f"{kind}_options"] = {name: c.get() for name, c in self.knobs(kind).items()}
+        return Experiment(**values)
+
     def privacy(self) -> Privacy | None:
         mode = self.dp["dp"].value
         if mode == "off":
@@ -375,6 +444,8 @@ class Controls:
         (``everything``: also reset the ones not given to their defaults)."""
         name = DEFAULT if name is None else name
         if name not in self.widgets[kind].options:
+            if self.offered.get(kind) is not None and name in REGISTRIES[kind]:
+                self.offered[kind] = None       # asked for by name: offered (the data may change too)
             self.refresh()
         if name not in self.widgets[kind].options:
             raise ValueError(f"{kind}: {name!r} is not offered here; choose one of {self.names(kind)}")

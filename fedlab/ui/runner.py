@@ -98,11 +98,59 @@ def _end_background_threads():
         thread.join()
 
 
+class Latest:
+    """One background thread that does the latest job asked for: ``submit(job)`` while a job runs
+    queues ``job`` in place of any job queued before (a slider dragged across ten values loads
+    the data of the last one, not ten times). A job is a function of no arguments; it reports
+    through widgets, and catches its own errors (one that escapes is kept in ``error``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._next: Callable | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.thread: threading.Thread | None = None
+        self._active = False                # a thread is in _loop (set and cleared under the lock)
+        self.error: BaseException | None = None
+
+    def submit(self, job: Callable) -> None:
+        with self._lock:
+            self._next = job
+            self._idle.clear()
+            if not self._active:
+                self._active = True
+                self.thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+                _warm_ups.add(self.thread)          # joined at exit, like the warm-up
+                self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                job, self._next = self._next, None
+                if job is None or _exiting.is_set():
+                    self._next, self._active = None, False
+                    self._idle.set()
+                    return
+            try:
+                job()
+            except Exception as err:       # noqa: BLE001 - kept for the tests; jobs show their own
+                self.error = err
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no job is queued or running; True if idle."""
+        return self._idle.wait(timeout)
+
+    @property
+    def busy(self) -> bool:
+        return not self._idle.is_set()
+
+
 class DataCache:
     """The last few federated datasets loaded, by the settings they depend on; or the dataset
     given to the workbench. Thread-safe (the warm-up and the training thread both load)."""
 
-    def __init__(self, given=None, size: int = 4):
+    def __init__(self, given=None, size: int = 8):
         self.given, self.size = given, size
         self._data: "OrderedDict[str, object]" = OrderedDict()
         self._lock = threading.Lock()

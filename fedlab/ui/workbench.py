@@ -15,6 +15,8 @@ chart), ``runs`` (kept runs, table, exports, code); this class wires them.
 from __future__ import annotations
 
 import html
+import os
+import re
 import traceback
 import weakref
 
@@ -23,9 +25,19 @@ import jax
 
 import fedlab
 from fedlab.ui.charts import LiveChart
+from fedlab.ui.clients import ClientView, client_table
 from fedlab.ui.controls import GIVEN, Controls, dp_available
-from fedlab.ui.runner import DataCache, Runner
+from fedlab.ui.data_view import DataView
+from fedlab.ui.presets import NONE, PRESETS
+from fedlab.ui.privacy import Calibrations, calibration_key, error_text, explain, for_build
+from fedlab.ui.runner import DataCache, Latest, Runner
 from fedlab.ui.runs import RunList, can_continue, experiment_of, outcome, progress_text
+
+
+def in_voila() -> bool:
+    """Whether this kernel serves a Voila app (Voila sets SERVER_SOFTWARE=voila/... for it): the
+    notebook's prose around the workbench is then hidden."""
+    return os.environ.get("SERVER_SOFTWARE", "").startswith("voila")
 
 
 class RunError(RuntimeError):
@@ -54,12 +66,21 @@ class Workbench:
         self.form = Controls(given=None if data is None else data.name)
         self.controls = self.form.widgets
         self.chart = LiveChart(self.redraw_interval)
+        self.data_view = DataView(self.data)
+        self.client_view = ClientView()
+        self.data_view.on_loaded = self._data_loaded
+        self.calibrations = Calibrations()
+        self.privacy_worker = Latest("fedlab-privacy")
+        self._dp_key: tuple | None = None                # the setting the Privacy tab shows
         self.run_list = RunList(self._current)
         self.runs = self.run_list.runs
         self.last_error: BaseException | None = None
         self.last_traceback = ""
         self._start_round = 0                             # rounds the live run had when it (re)started
         self._last_name = ""                              # the run started last
+        self._flagged: list = []                          # widgets marked invalid
+        self._invalid_shown = False                       # the message shows an invalid setting
+        self._first_seconds: float | None = None          # the live run's first round (compiling included)
         self._build()
         if settings:
             self.form.apply(settings)
@@ -74,20 +95,45 @@ class Workbench:
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.continue_button = W.Button(description="Continue", icon="forward", disabled=True,
                                         tooltip="continue the chosen (else the last) stopped run to its rounds")
-        self.reset_button = W.Button(description="Reset", icon="refresh", tooltip="forget all runs, clear the charts")
+        self.reset_button = W.Button(description="Reset", icon="refresh",
+                                     tooltip="forget all runs, clear the charts (asks first)")
         self.progress = W.HTML(value="<i>ready</i>")
         self.message = W.HTML()
         self.run_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
         self.continue_button.on_click(lambda _: self.start_continue())
-        self.reset_button.on_click(lambda _: self.reset())
+        self.reset_button.on_click(lambda _: self._ask_reset())
+        self.confirm_reset = W.Button(description="Delete all runs", button_style="danger", icon="trash")
+        self.cancel_reset = W.Button(description="Cancel")
+        self.confirm_text = W.HTML()
+        self.confirm_box = W.HBox([self.confirm_text, self.confirm_reset, self.cancel_reset],
+                                  layout=W.Layout(display="none", align_items="center"))
+        self.confirm_reset.on_click(lambda _: self.reset())
+        self.cancel_reset.on_click(lambda _: setattr(self.confirm_box.layout, "display", "none"))
         self.run_list.overlay.observe(lambda _: self._compare(), "value")
         self.run_list.chosen.observe(lambda _: self._update_continue(), "value")
+        self.run_list.chosen.observe(lambda _: self._show_clients(), "value")
         self.run_list.load_button.on_click(lambda _: self._load_chosen())
         self.form.on_change(self._settings_changed)
+        self.preset = W.Dropdown(options=[NONE, *PRESETS], value=NONE, description="teaching preset",
+                                 style={"description_width": "initial"}, layout=W.Layout(width="480px"),
+                                 tooltip="set every control to a setting that shows one idea; run the presets of "
+                                         "one number one after the other and compare")
+        self.preset_info = W.HTML()
+        self.preset.observe(lambda _: self._apply_preset(), "value")
+        style = W.HTML("<style>.fedlab-invalid input, .fedlab-invalid select, .fedlab-invalid textarea "
+                       "{border: 2px solid #c00 !important; background: #fff0f0 !important}"
+                       ".fedlab-runs-table td, .fedlab-runs-table th {padding: 2px 8px}"
+                       + ((".jp-MarkdownCell ~ .jp-MarkdownCell, .jp-Cell:has(.fedlab-workbench) ~ .jp-Cell "
+                           "{display: none !important}") if in_voila() else "") + "</style>")
         buttons = W.HBox([self.run_button, self.stop_button, self.continue_button, self.reset_button, self.progress],
                          layout=W.Layout(align_items="center"))
-        self.widget = W.VBox([self.form.tabs, buttons, self.message, self.chart.box, self.run_list.widget])
+        data_tab = self.form.tabs.children[0]
+        data_tab.children = (*data_tab.children, self.data_view.box)
+        self.widget = W.VBox([style, W.HBox([self.preset, self.preset_info], layout=W.Layout(align_items="center")),
+                              self.form.tabs, buttons, self.confirm_box, self.message, self.chart.box, self.client_view.box,
+                               self.run_list.widget], layout=W.Layout(width="100%"))
+        self.widget.add_class("fedlab-workbench")
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -121,7 +167,8 @@ class Workbench:
             experiment = self.form.experiment()
             data = None if Runner.exiting() else self.data.load(experiment, self.form.uses_given)
             if data is not None and not Runner.exiting():
-                experiment.replace(rounds=1).run(progress=False, data=data)
+                built = for_build(experiment, data.num_clients, self.calibrations).build(data)   # the Run's noise
+                experiment.replace(rounds=1).run(progress=False, built=built)
         except Exception:               # noqa: BLE001 - a real run reports the same problem
             pass
         finally:
@@ -160,18 +207,129 @@ class Workbench:
         except Exception as err:       # noqa: BLE001 - shown in the code view
             return err, None
 
+    def _apply_preset(self):
+        name = self.preset.value
+        if name not in PRESETS:
+            self.preset_info.value = ""
+            return
+        experiment, about = PRESETS[name]
+        try:
+            self.form.show(experiment)
+            self.preset_info.value = f"<small>{html.escape(about)}</small>"
+        except ValueError as err:
+            self._fail(err)
+
     def _settings_changed(self):
+        self._validate()
+        self._show_data()
         self._update_dp_info()
         if self.run_list.chosen.value not in self.runs:
             self.run_list.show_code()
 
-    def _update_dp_info(self):
-        """The Privacy tab's epsilon, once the data of the controls' Experiment is at hand."""
+    def _validate(self):
+        """Flag an invalid value at its field (red border, the message above the charts) as soon as
+        it is typed; clear both once the settings are valid again. A clients-per-round above the
+        clients of data already loaded counts as invalid too."""
+        for widget in self._flagged:
+            widget.remove_class("fedlab-invalid")
+        self._flagged = []
+        error = None
         try:
-            data = self.data.cached(self.form.experiment(), self.form.uses_given)
-        except Exception:              # noqa: BLE001 - show_epsilon shows the error
-            data = None
-        self.form.show_epsilon(data)
+            experiment = self.form.experiment()
+            data = self.data.cached(experiment, self.form.uses_given)
+            m = experiment.clients_per_round
+            if data is not None and m is not None and m > data.num_clients:
+                raise ValueError(f"clients_per_round must be at most the {data.num_clients} clients of this data, "
+                                 f"got {m}")
+        except Exception as err:       # noqa: BLE001 - a factory may raise anything
+            error = err
+        if error is None:
+            if self._invalid_shown or isinstance(self.last_error, ValueError):
+                self._clear()
+                self._invalid_shown = False
+            return
+        widget = self._widget_named(str(error))
+        if widget is not None:
+            widget.add_class("fedlab-invalid")
+            self._flagged.append(widget)
+        self._fail(error)
+        self._invalid_shown = True
+
+    def _widget_named(self, message: str):
+        """The widget of the setting a ValueError's message starts with ('batch_size must be ...')."""
+        match = re.match(r"\s*(\w+)", message)
+        name = match.group(1) if match else ""
+        work = {"local_steps": "work_amount", "local_epochs": "work_amount"}
+        if name in work:
+            return self.form.widgets[work[name]]
+        if name in self.form.widgets:
+            return self.form.widgets[name]
+        for kind in ("algorithm", "model", "dataset", "partition"):
+            knobs = self.form.knobs(kind)
+            if name in knobs:
+                return knobs[name].widget
+        return None
+
+    def _data_loaded(self, data):
+        """(In the data thread.) Offer only the models that fit this data: no cnn for a table."""
+        from fedlab.core.registry import MODELS
+
+        fits = set()
+        for name in MODELS.names():
+            try:
+                MODELS[name].factory(data.input_shape, data.num_classes)
+                fits.add(name)
+            except Exception:          # noqa: BLE001 - a model that does not fit this data
+                pass
+        self.form.offer("model", fits)
+
+    def _show_data(self):
+        """Draw the data the Data tab's settings give (loaded in the background if need be)."""
+        try:
+            self.data_view.show(self.form.data_experiment(), self.form.uses_given)
+        except Exception as err:       # noqa: BLE001 - an invalid data setting is named there
+            self.data_view.invalid(err)
+
+    def _update_dp_info(self):
+        """The Privacy tab: the epsilon the controls' run spends, computed in the background (the
+        data loaded, the noise calibrated once per setting) while it says "computing epsilon..."."""
+        if not dp_available():
+            return
+        try:
+            experiment = self.form.experiment()
+        except Exception as err:       # noqa: BLE001 - shown in place of the epsilon
+            self._dp_key, self.form.dp_info.value = None, error_text(err)
+            return
+        if experiment.privacy is None:
+            self._dp_key, self.form.dp_info.value = None, "<i>no privacy guarantee</i>"
+            return
+        given = self.form.uses_given
+        key = (experiment.to_json(), given)
+        if key == self._dp_key:
+            return
+        self._dp_key = key
+        data = self.data.cached(experiment, given)
+        calibration = None if data is None else calibration_key(experiment, data.num_clients)
+        if data is None or (calibration is not None and self.calibrations.cached(calibration) is None):
+            self.form.dp_info.value = "<i class='fedlab-computing'>computing epsilon...</i>"
+        self.privacy_worker.submit(lambda: self._explain_privacy(key, experiment, given))
+
+    def _explain_privacy(self, key: tuple, experiment, given: bool):
+        """(In the privacy thread.) Load, calibrate (cached), build, and say what the run spends."""
+        if key != self._dp_key:
+            return
+        try:
+            data = self.data.load(experiment, given)
+            built = for_build(experiment, data.num_clients, self.calibrations).build(data)
+            text = explain(experiment, built, built.strategy.report(experiment.rounds))
+        except Exception as err:       # noqa: BLE001 - shown in place of the epsilon
+            text = error_text(err)
+        if key == self._dp_key:
+            self.form.dp_info.value = text
+
+    def wait_idle(self, timeout: float = 120) -> bool:
+        """Block until the Data tab and the Privacy tab have caught up with the controls."""
+        return self.data_view.wait(timeout) and self.privacy_worker.wait(timeout)
 
     def _load_chosen(self):
         name = self.run_list.chosen.value
@@ -227,6 +385,7 @@ class Workbench:
 
     def _launch(self, experiment, name: str, given: str | None, after=None) -> bool:
         self._start_round, self._last_name = (0 if after is None else after.state.round), name
+        self._first_seconds = None
         self.chart.begin(name, self.run_list.color(name), [] if after is None else after.to_dict("records"),
                          epsilon=experiment.privacy is not None)
         self.progress.value = "<i>loading data and compiling...</i>"
@@ -239,13 +398,18 @@ class Workbench:
         history = None
         try:
             self.runner.wait_for_warm_up()
-            built = experiment.build(self.data.load(experiment, given is not None))
+            data = self.data.load(experiment, given is not None)
+            if calibration_key(experiment, data.num_clients) is not None:
+                self.progress.value = "<i>computing epsilon (calibrating the noise)...</i>"
+            built = for_build(experiment, data.num_clients, self.calibrations).build(data)
+            self.progress.value = "<i>compiling...</i>"
             if self.runner.stop_flag.is_set():
                 self.progress.value = "<i>stopped before the first round</i>"
                 return
             history = experiment.run(callbacks=[self._on_round, self.runner.check_stop], progress=False,
                                      built=built, after=after)
-            self.run_list.keep(name, history, given)
+            self.run_list.keep(name, history, given, client_table(history, built.data))
+            self._show_clients()
         except Exception as err:       # noqa: BLE001 - every failure is shown in the UI
             self._fail(err, traceback.format_exc())
             self.progress.value = "<i>failed</i>"
@@ -261,8 +425,26 @@ class Workbench:
 
     def _on_round(self, event):
         """Round callback (in the training thread): collect, redraw if due, show the progress."""
+        rounds_now = event.round - self._start_round
+        if rounds_now == 1:
+            self._first_seconds = event.elapsed
         if self.chart.add(event.metrics):
-            self.progress.value = progress_text(event, event.round - self._start_round)
+            self.progress.value = progress_text(event, rounds_now, self._first_seconds)
+
+    def _show_clients(self):
+        """The per-client view of the chosen (else the last) run."""
+        name = self.run_list.chosen_run
+        table = self.run_list.extra.get(name) if name is not None else None
+        self.client_view.show(name if table is not None else None, table,
+                              self.run_list.color(name) if name in self.runs else "#1f77b4")
+
+    def clients(self, name: str | None = None):
+        """The per-client table of kept run ``name`` (default: the chosen, else the last): the final
+        model's test accuracy per client, its size and label skew (a DataFrame)."""
+        name = name or self.run_list.chosen_run
+        if name not in self.runs:
+            raise ValueError(f"no run {name!r}; the runs are {list(self.runs)}")
+        return self.run_list.extra.get(name)
 
     def _compare(self):
         """Redraw the chosen finished runs (not while training: the run in progress redraws)."""
@@ -356,20 +538,44 @@ class Workbench:
         """One row per kept run: its settings, how it ended, its final metrics (a DataFrame)."""
         return self.run_list.table()
 
-    def export_csv(self, path: str | None = None) -> str:
-        """Write the runs table as CSV; returns the path."""
-        return self.run_list.export_csv(path)
+    def export_csv(self, path: str | None = None, overwrite: bool = False) -> str:
+        """Write the runs table as CSV on the kernel's machine; returns the path (default: a
+        timestamped name here; an existing file is never replaced unless ``overwrite``). The
+        page's download link gives the same file to the browser."""
+        return self.run_list.export_csv(path, overwrite)
 
-    def export_html(self, path: str | None = None) -> str:
+    def export_html(self, path: str | None = None, overwrite: bool = False) -> str:
         """Write a self-contained HTML report of the runs shown (all if none is selected)."""
-        return self.run_list.export_html(path)
+        return self.run_list.export_html(path, overwrite)
+
+    def rename(self, name: str, label: str) -> str:
+        """Rename kept run ``name`` ('#3 ...' keeps its number); returns the new name."""
+        return self.run_list.rename(name, label)
+
+    def delete(self, name: str) -> None:
+        """Forget kept run ``name``."""
+        self.run_list.delete(name)
+        self._compare()
+        self._show_clients()
+        self._update_continue()
+
+    def _ask_reset(self):
+        """Reset asks first when there are runs to lose."""
+        if not self.runs:
+            self.reset()
+            return
+        n = len(self.runs)
+        self.confirm_text.value = f"<b>Delete all {n} run{'s' * (n != 1)}?</b> (the settings stay)"
+        self.confirm_box.layout.display = None
 
     def reset(self):
         """Forget all runs and clear the charts, the table and messages (settings stay)."""
+        self.confirm_box.layout.display = "none"
         if self.running:
             return
         self.run_list.reset()
         self.chart.compare({})
+        self._show_clients()
         self.progress.value = "<i>ready</i>"
         self._clear()
         self._update_continue()
