@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from fedlab.core.experiment import Experiment, Privacy, flag_of, option_flag, parse_spec, settable_knobs
-from fedlab.core.experiment import _from_text as from_text
+from fedlab.core.registry import value_from_text
 
 EXIT = {"completed": 0, "stopped": 0, "interrupted": 130, "diverged": 3, "failed": 4}
 OUTPUT_FLAGS = ("out", "no_progress", "compilation_cache", "checkpoint_every", "resume", "rounds")
@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(Experiment):
         if flag_of(field) and field.metadata["group"] in groups:
             groups[field.metadata["group"]].add_argument(flag_of(field), dest=field.name, type=_field_type(field),
-                                                         metavar=_metavar(field), help=_help(field))
+                                                         metavar=_metavar(field), help=_help(field),
+                                                         choices=field.metadata["choices"])
     groups["data"].add_argument("--target", help="target column of a csv:PATH dataset")
     for title, registry in (("model options (each applies to the models that take it)", MODELS),
                             ("algorithm options (each applies to the algorithms that take it)", ALGORITHMS)):
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "--dp-noise-multiplier is given; sampling then defaults to poisson)")
     for field in dataclasses.fields(Privacy):
         kind = ({"action": "store_true"} if isinstance(field.default, bool)
-                else {"type": _field_type(field), "metavar": _metavar(field)})
+                else {"type": _field_type(field), "metavar": _metavar(field), "choices": field.metadata["choices"]})
         g.add_argument(flag_of(field), dest="dp:" + field.name, help=_help(field), **kind)
     g = run.add_argument_group("output")
     g.add_argument("--out", default="fedlab-run", help="output directory (default fedlab-run)")
@@ -162,7 +163,7 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
             if name not in knobs:
                 takes = ", ".join(option_flag(k) for k in knobs) or "nothing"
                 raise CliError(f"{option_flag(name)} does not apply to --{kind} {entry.name} (it takes: {takes})")
-            options[name] = from_text(option_flag(name), text, knobs[name])
+            options[name] = value_from_text(option_flag(name), text, knobs[name])
         values[f"{kind}_options"] = options
     dp = {key[3:]: value for key, value in given.items() if key.startswith("dp:")}
     if dp:

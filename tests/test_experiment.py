@@ -70,7 +70,7 @@ def test_dict_json_code_and_command_round_trip():
     ({"local_steps": 2, "local_epochs": 1}, "give local_steps or local_epochs, not both"),
     ({"sampling": "sometimes"}, "sampling must be one of ['fixed', 'poisson']"),
     ({"seed": -1}, "seed must be an integer in [0, 4294967295]"),
-    ({"partition": "dirichlet:abc"}, "alpha (partition dirichlet) must be a number"),
+    ({"partition": "dirichlet:abc"}, "partition: dirichlet alpha must be a number"),
 ])
 def test_bad_settings_raise_on_construction_naming_the_setting(changes, message):
     with pytest.raises(ValueError) as err:
@@ -271,3 +271,14 @@ def test_help_shows_each_algorithms_own_default_once():
     for flag in ("--rounds", "--batch-size", "--seed", "--eval-every"):
         block = text.split("\n  " + flag + " ")[-1].split("\n  --")[0]
         assert len(block.split()) > 3, f"{flag} has no help"
+
+
+def test_per_client_table_agrees_with_the_history_columns():
+    history = fedlab.Experiment(**SMALL, rounds=2).run(progress=False)
+    table, last = history.per_client, history.iloc[-1]
+    assert list(table["train_examples"]) == list(fedlab.data.load_federated(
+        "synthetic:1,1", num_clients=8).train_counts)
+    weighted = (table["test_accuracy"] * table["test_examples"]).sum() / table["test_examples"].sum()
+    assert weighted == pytest.approx(last["test_accuracy"], abs=1e-6)
+    assert table["test_accuracy"].std(ddof=0) == pytest.approx(last["client_acc_std"], abs=1e-6)
+    assert table["test_accuracy"].min() == pytest.approx(last["client_acc_min"], abs=1e-6)

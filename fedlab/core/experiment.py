@@ -15,7 +15,6 @@ DIR/run.json (status) and a checkpoint; ``resume(DIR, rounds=R)`` continues such
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import shlex
 import warnings
@@ -25,16 +24,17 @@ import numpy as np
 import pandas as pd
 
 from fedlab.core.checks import check_int, check_number
-from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS
+from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS, spec_knobs
+from fedlab.core.registry import parse_spec as registry_parse_spec
 
-WHOLE_REST = ("csv", "npz", "column")     # spec names whose one value is everything after ':'
+REGISTRIES = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}
 GROUPS = ("data", "model", "algorithm", "schedule", "privacy")
 
 
-def setting(default, help: str, group: str, flag: str | None = None, **kw):
-    """A dataclass field with the help text and command-line flag the CLI and workbench show.
-    flag None: '--' + the name with dashes; '' : no flag of its own."""
-    meta = {"help": help, "group": group, "flag": flag}
+def setting(default, help: str, group: str, flag: str | None = None, choices: tuple | None = None, **kw):
+    """A dataclass field with the help text, command-line flag and accepted values (choices) the CLI
+    and workbench show. flag None: '--' + the name with dashes; '' : no flag of its own."""
+    meta = {"help": help, "group": group, "flag": flag, "choices": choices}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=dict, metadata=meta, **kw)
     return dataclasses.field(default=default, metadata=meta, **kw)
@@ -55,17 +55,17 @@ def _optional(check, name, value, *args, **kw) -> None:
         check(name, value, *args, **kw)
 
 
+def choices_of(cls, name: str) -> tuple:
+    """The values a field accepts (its ``choices`` metadata)."""
+    return next(f for f in dataclasses.fields(cls) if f.name == name).metadata["choices"]
+
+
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
 # ---- options of registered factories -------------------------------------------------------
-def spec_knobs(entry) -> list[inspect.Parameter]:
-    """The factory's keyword-only parameters, in the order a 'name:a,b' spec fills them."""
-    return [p for p in inspect.signature(entry.factory).parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-
 def settable_knobs(entry) -> dict[str, Any]:
     """Knobs an Experiment can set (JSON values: numbers, strings, bools, tuples of numbers),
     with their defaults; objects such as ``client_optimizer`` are for code, not settings."""
@@ -124,53 +124,15 @@ def _options(kind: str, registry, name: str, options) -> dict:
 
 def parse_spec(kind: str, spec: str) -> tuple[str, dict]:
     """'dirichlet:0.3' -> ('dirichlet', {'alpha': 0.3}) with the knobs' types."""
-    registry = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}[kind]
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"{kind} must be a name such as {registry.names()[0]!r}, got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    try:
-        entry = registry[name]
-    except ValueError as err:
-        raise ValueError(f"{kind}: {err}") from None
-    if not rest:
-        return name, {}
-    knobs = spec_knobs(entry)
-    values = [rest] if name in WHOLE_REST else rest.split(",")
-    if len(values) > len(knobs):
-        raise ValueError(f"{kind}: {name} takes at most {len(knobs)} values "
-                         f"({', '.join(p.name for p in knobs) or 'none'}), got {len(values)} in {spec!r}")
-    out = {}
-    for p, text in zip(knobs, values):
-        out[p.name] = _from_text(f"{p.name} ({kind} {name})", text.strip(), p.default)
-    return name, out
-
-
-def _from_text(where: str, text: str, default):
-    """A command-line or spec value parsed to the type of ``default``."""
-    try:
-        if isinstance(default, bool):
-            if text.lower() not in ("0", "1", "true", "false"):
-                raise ValueError
-            return text.lower() in ("1", "true")
-        if _is_int(default):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, tuple):
-            return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        kind = {bool: "0, 1, true or false", int: "an integer", float: "a number"}.get(
-            type(default), "comma-separated integers")
-        raise ValueError(f"{where} must be {kind}, got {text!r}") from None
-    return text
+    entry, options = registry_parse_spec(spec, REGISTRIES[kind], kind)
+    return entry.name, options
 
 
 def spec_of(kind: str, name: str, options: dict) -> str:
     """The spec string of a registered name and its options ('dirichlet:0.3'); options that
     cannot be written positionally (a gap before them) are left out."""
-    registry = {"dataset": DATASETS, "partition": PARTITIONS}[kind]
     values = []
-    for p in spec_knobs(registry[name]):
+    for p in spec_knobs(REGISTRIES[kind][name]):
         if p.name not in options or (name == "csv" and p.name == "target"):
             break
         values.append((options[p.name], p.default))
@@ -205,7 +167,7 @@ class Privacy:
         "--dp-noise-multiplier")
     delta: float = setting(1e-5, "delta of (epsilon, delta)-DP", "privacy", "--dp-delta")
     accountant: str = setting("rdp", "privacy accountant: rdp or pld (pld needs poisson sampling)",
-                              "privacy", "--dp-accountant")
+                              "privacy", "--dp-accountant", choices=("rdp", "pld"))
     adaptive_clipping: bool = setting(False, "clip norm follows the median update norm (Andrew et al. 2021)",
                                       "privacy", "--dp-adaptive-clipping")
 
@@ -219,7 +181,7 @@ class Privacy:
             raise ValueError("target_epsilon: give exactly one of target_epsilon and noise_multiplier")
         _optional(check_number, "target_epsilon", self.target_epsilon, 0, low_open=True)
         _optional(check_number, "noise_multiplier", self.noise_multiplier, 0)
-        _check_choice("accountant", self.accountant, ("rdp", "pld"))
+        _check_choice("accountant", self.accountant, choices_of(Privacy, "accountant"))
         if not isinstance(self.adaptive_clipping, bool):
             raise ValueError(f"adaptive_clipping must be true or false, got {self.adaptive_clipping!r}")
 
@@ -271,7 +233,8 @@ class Experiment:
                                             "schedule")
     sampling: str | None = setting(None, "fixed (exactly clients-per-round, without replacement) or poisson "
                                    "(each client with rate clients-per-round / clients); default fixed, "
-                                   "poisson with DP (the tighter, standard accounting)", "schedule")
+                                   "poisson with DP (the tighter, standard accounting)", "schedule",
+                                   choices=("fixed", "poisson"))
     local_steps: int | None = setting(None, "mini-batch steps per client per round", "schedule")
     local_epochs: int | None = setting(None, "passes over each client's data per round (default 1 when "
                                        "local steps are not given)", "schedule")
@@ -326,7 +289,7 @@ class Experiment:
         check_int("rounds", self.rounds, 1)
         _optional(check_int, "clients_per_round", self.clients_per_round, 1)
         if self.sampling is not None:
-            _check_choice("sampling", self.sampling, ("fixed", "poisson"))
+            _check_choice("sampling", self.sampling, choices_of(Experiment, "sampling"))
         if self.local_steps is not None and self.local_epochs is not None:
             raise ValueError("local_steps: give local_steps or local_epochs, not both")
         _optional(check_int, "local_steps", self.local_steps, 1)

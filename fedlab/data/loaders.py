@@ -20,10 +20,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from fedlab.core.registry import DATASETS, PARTITIONS, register_dataset
+from fedlab.core.registry import DATASETS, PARTITIONS, parse_spec, register_dataset
 from fedlab.data import _random
 from fedlab.data.federated import FederatedDataset
-from fedlab.data.partition import CentralDataset, federate, parse_spec
+from fedlab.data.partition import CentralDataset, federate
 from fedlab.data.synthetic import generate_synthetic
 
 DEFAULT_CLIENTS = 10          # clients for a non-natural partition when none are asked for
@@ -288,9 +288,8 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
             or not 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction: must be in [0, 1), got {test_fraction}")
     if partition is not None:
-        parse_spec(partition, PARTITIONS, "partition",
-                   whole_rest=("column",))
-    entry, knobs = parse_spec(dataset, DATASETS, "dataset", whole_rest=("csv", "npz"))
+        parse_spec(partition, PARTITIONS, "partition")
+    entry, knobs = parse_spec(dataset, DATASETS, "dataset")
     if entry.name == "csv":
         knobs["target"] = target
     elif target is not None:

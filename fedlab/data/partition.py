@@ -14,13 +14,12 @@ ICDE 2022); shards follow FedAvg (McMahan et al., AISTATS 2017).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
-from fedlab.core.registry import PARTITIONS, register_partition
+from fedlab.core.registry import PARTITIONS, parse_spec, register_partition
 from fedlab.data import _random
 from fedlab.data.federated import FederatedDataset, _offsets
 
@@ -333,51 +332,9 @@ def partition_column(central: CentralDataset, num_clients: int | None, key, *,
 
 
 # ---- specs and federation ---------------------------------------------------------------
-def _convert(value: str, default):
-    """Parse one spec value to the type of the knob's default (raises ValueError)."""
-    if isinstance(default, bool):
-        if value.lower() not in ("0", "1", "true", "false"):
-            raise ValueError(value)
-        return value.lower() in ("1", "true")
-    if isinstance(default, int):
-        return int(value)
-    if isinstance(default, float):
-        return float(value)
-    return value
-
-
-def parse_spec(spec: str, registry, param: str, whole_rest: tuple[str, ...] = ()):
-    """Split 'name:a,b' into (registry entry, {knob: value}) using the factory's keyword-only
-    knobs in order; for names in ``whole_rest`` everything after ':' is one string value."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"{param}: expected a spec string such as 'iid', got {spec!r}")
-    name, _, rest = spec.strip().partition(":")
-    try:
-        entry = registry[name]
-    except ValueError as err:
-        raise ValueError(f"{param}: {err}") from None
-    knobs = [p for p in inspect.signature(entry.factory).parameters.values()
-             if p.kind is p.KEYWORD_ONLY]
-    if not rest:
-        return entry, {}
-    values = [rest] if name in whole_rest else rest.split(",")
-    if len(values) > len(knobs):
-        raise ValueError(f"{param}: {name} takes at most {len(knobs)} values "
-                         f"({', '.join(p.name for p in knobs) or 'none'}), got {len(values)} in {spec!r}")
-    out = {}
-    for p, v in zip(knobs, values):
-        try:
-            out[p.name] = _convert(v.strip(), p.default)
-        except ValueError:
-            kind = {bool: "0, 1, true or false", int: "an integer", float: "a number"}.get(
-                type(p.default), "a string")
-            raise ValueError(f"{param}: {name} {p.name} must be {kind}, got {v.strip()!r}") from None
-    return entry, out
-
-
 def make_partition(central: CentralDataset, spec: str, num_clients: int | None, key) -> Partition:
     """Run the partitioner named by ``spec`` (e.g. 'dirichlet:0.5') on ``central``."""
-    entry, knobs = parse_spec(spec, PARTITIONS, "partition", whole_rest=("column",))
+    entry, knobs = parse_spec(spec, PARTITIONS, "partition")
     return entry.factory(central, num_clients, key, **knobs)
 
 
