@@ -1,8 +1,11 @@
 """Shared test helpers."""
 from __future__ import annotations
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -10,6 +13,12 @@ import pytest
 import fedlab
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# One persistent compilation cache per test process: many tests compile the same round program
+# again (the resume tests run each experiment three times), and a cache hit replaces the compile.
+_JAX_CACHE = tempfile.mkdtemp(prefix="fedlab-test-jax-cache-")
+fedlab.enable_compilation_cache(_JAX_CACHE)
+atexit.register(shutil.rmtree, _JAX_CACHE, True)
 NOTEBOOKS = ROOT / "notebooks"
 
 

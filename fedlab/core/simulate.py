@@ -60,9 +60,10 @@ class History(pd.DataFrame):
     evaluation), elapsed, and whatever the strategy reports. Attributes: ``params`` (final
     server model), ``settings`` (the run's arguments), ``status`` (one of STATUSES),
     ``message`` (why it ended, for every status but "completed"), ``state`` (the RunState after
-    the last round kept, to continue the run), ``stopped`` (status is "stopped")."""
+    the last round kept, to continue the run), ``per_client`` (one row per client with the final
+    model: examples, losses, test accuracy), ``stopped`` (status is "stopped")."""
 
-    _metadata = ["params", "settings", "status", "message", "state"]
+    _metadata = ["params", "settings", "status", "message", "state", "per_client"]
 
     @property
     def _constructor(self):
@@ -126,6 +127,19 @@ class Evaluator:
             return jax.lax.scan(body, init, blocks)[0]
 
         self._run = jax.jit(run)
+
+    def per_client(self, params, names) -> pd.DataFrame:
+        """One row per client: its name, train/test examples, mean losses and test accuracy."""
+        by_client = jax.device_get(self._run(params, self.blocks))[0]
+        K = self.num_clients
+        train, test = by_client[:K], by_client[K:2 * K]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            table = pd.DataFrame({"client": list(names), "train_examples": self.train_n,
+                                  "test_examples": self.test_n, "train_loss": train[:, 0] / self.train_n,
+                                  "test_loss": test[:, 0] / self.test_n})
+            if self.num_classes > 0:
+                table["test_accuracy"] = test[:, 1] / self.test_n
+        return table
 
     def __call__(self, params) -> dict:
         by_client, by_class = jax.device_get(self._run(params, self.blocks))
@@ -348,6 +362,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     history = History(table.reindex(columns=first + [c for c in table if c not in first + last] + last))
     history.params, history.settings, history.state = state.server_state.params, settings, state
     history.status, history.message = status, message
+    history.per_client = evaluate.per_client(state.server_state.params, data.names())
     if status in ("diverged", "failed"):
         warnings.warn(f"{strategy.name}: {message}", RunEndedWarning, stacklevel=2)
     return history
