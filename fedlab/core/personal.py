@@ -186,3 +186,35 @@ class NewClientEvaluator:
         rows = table["test_rows"].to_numpy()[has]
         return {"new_client_accuracy": float(np.sum(acc * rows) / max(rows.sum(), 1)),
                 "new_client_acc_mean": float(acc.mean()) if len(acc) else float("nan")}
+
+
+def select_clients(data, ids) -> "FederatedDataset":  # noqa: F821 (fedlab.data's type)
+    """The FederatedDataset of clients ``ids`` (in that order) of ``data``: their rows, names
+    and example weights."""
+    ids = np.asarray(ids, np.int64)
+
+    def rows(offsets):
+        return np.concatenate([np.arange(offsets[k], offsets[k + 1]) for k in ids]).astype(np.int64)
+
+    tr, te = rows(data.train_offsets), rows(data.test_offsets)
+    counts = lambda c: np.concatenate([[0], np.cumsum(c[ids])]).astype(np.int64)   # noqa: E731
+    names = None if data.client_names is None else tuple(data.client_names[k] for k in ids)
+    return type(data)(data.name, data.x_train[tr], data.y_train[tr], counts(data.train_counts),
+                      data.x_test[te], data.y_test[te], counts(data.test_counts), data.num_classes,
+                      client_names=names, feature_names=data.feature_names,
+                      train_weights=None if data.train_weights is None else data.train_weights[tr])
+
+
+def hold_out(data, fraction: float, seed: int):
+    """(training clients, held-out clients): round(fraction * K) clients (at least 1) drawn at
+    random from the seed hold out and never train; ValueError if none would be left to train."""
+    from fedlab.data import _random
+
+    K = data.num_clients
+    n_new = max(1, int(round(fraction * K)))
+    if n_new >= K:
+        raise ValueError(f"holdout_clients: {fraction} of {K} clients holds out {n_new}, leaving none to "
+                         f"train; use a fraction below {(K - 1) / K:.3g}")
+    order = _random.permutation(_random.subkey(_random.as_key(seed), 0x401D), K)
+    new, kept = np.sort(order[:n_new]), np.sort(order[n_new:])
+    return select_clients(data, kept), select_clients(data, new)
