@@ -206,6 +206,7 @@ class Built(NamedTuple):
     model: Any
     clients_per_round: int
     sampling: str
+    new_clients: Any = None      # the held-out clients' FederatedDataset (holdout_clients > 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,6 +246,14 @@ class Experiment:
     seed: int = setting(0, "seed of every random choice (data, model, sampling, noise)", "schedule")
     chunk_size: int | str = setting("auto", "clients per vmapped chunk (auto: by model size and backend)",
                                     "schedule")
+    # issue 12: personalization and transfer (per-client evaluation, new clients)
+    finetune_steps: int = setting(0, "local SGD steps each client fine-tunes the model it uses before the "
+                                  "personal evaluation (personal_acc_*)", "algorithm")
+    holdout_clients: float = setting(0.0, "fraction of clients (seeded) that never train; their accuracy "
+                                     "after --adapt-steps steps on their own rows is new_client_accuracy",
+                                     "algorithm")
+    adapt_steps: int = setting(5, "steps a held-out client adapts the model on its own training rows",
+                               "algorithm")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -300,6 +309,9 @@ class Experiment:
         check_int("seed", self.seed, 0, 2 ** 32 - 1)
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1)
+        check_int("finetune_steps", self.finetune_steps, 0)
+        check_number("holdout_clients", self.holdout_clients, 0, 1, high_open=True)
+        check_int("adapt_steps", self.adapt_steps, 0)
         if self.privacy is not None and not isinstance(self.privacy, Privacy):
             raise ValueError(f"privacy must be a fedlab.Privacy or None, got {self.privacy!r}")
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
@@ -349,6 +361,11 @@ class Experiment:
             data.validate()
             for warning in data.check():
                 warnings.warn(warning, stacklevel=2)
+        new_clients = None
+        if self.holdout_clients > 0:
+            from fedlab.core.personal import hold_out
+
+            data, new_clients = hold_out(data, self.holdout_clients, self.seed)
         K = data.num_clients
         clients_per_round = min(10, K) if self.clients_per_round is None else self.clients_per_round
         check_int("clients_per_round", clients_per_round, 1, K)         # K: the data's clients
@@ -359,14 +376,22 @@ class Experiment:
         if self.privacy is not None:
             strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
                                          sampling=self.resolved_sampling, rounds=self.rounds)
-        return Built(data, strategy, model, clients_per_round, self.resolved_sampling)
+        return Built(data, strategy, model, clients_per_round, self.resolved_sampling, new_clients)
 
     def simulate_kwargs(self, built: Built) -> dict:
         """The keyword arguments of ``fedlab.simulate`` for this experiment."""
         return dict(rounds=self.rounds, clients_per_round=built.clients_per_round, local_steps=self.local_steps,
                     local_epochs=self.local_epochs, batch_size=self.batch_size, sampling=built.sampling,
                     stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
-                    chunk_size=self.chunk_size, model_options=None)
+                    chunk_size=self.chunk_size, model_options=None, finetune_steps=self.finetune_steps,
+                    finetune_lr=self.finetune_lr, new_clients=built.new_clients, adapt_steps=self.adapt_steps)
+
+    @property
+    def finetune_lr(self) -> float:
+        """The SGD rate of fine-tuning and adaptation: the algorithm's client_lr (its option, else
+        its default, else 0.01). Strategies with their own adaptation (MAML: inner_lr) use theirs."""
+        knobs = ALGORITHMS[self.algorithm].knobs()
+        return float(self.algorithm_options.get("client_lr", knobs.get("client_lr", 0.01)))
 
     def run(self, *, callbacks: Sequence[Callable] = (), progress: bool = True, out=None,
             checkpoint_every: int | None = None, data=None, built: Built | None = None, after=None):

@@ -13,6 +13,7 @@ import pandas as pd
 
 from fedlab.core import engine
 from fedlab.core.checks import check_int, check_number
+from fedlab.core.personal import NewClientEvaluator, PersonalEvaluator
 from fedlab.core.registry import ALGORITHMS, MODELS
 from fedlab.core.types import Model, Strategy, tree_nbytes
 
@@ -161,7 +162,9 @@ class Evaluator:
 
 _COLUMNS = ["round", "clients", "participants", "local_loss", "train_loss", "test_loss", "test_accuracy",
             "test_balanced_accuracy", "client_acc_mean", "client_acc_std", "client_acc_min",
-            "client_acc_p10", "client_acc_p50", "client_acc_p90", "client_acc_max"]
+            "client_acc_p10", "client_acc_p50", "client_acc_p90", "client_acc_max",
+            "personal_acc_mean", "personal_acc_p10", "personal_acc_p50", "personal_acc_p90",
+            "new_client_accuracy"]
 
 
 def resolve_strategy(strategy, knobs: dict) -> Strategy:
@@ -194,7 +197,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              chunk_size: int | str = "auto", callbacks: Sequence[Callable[[RoundEvent], Any]] = (),
              progress: bool = True, init_params=None, model_options: dict | None = None,
              start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
-             checkpoint_every: int | None = None, **strategy_options) -> History:
+             checkpoint_every: int | None = None, finetune_steps: int = 0, finetune_lr: float | None = None,
+             new_clients=None, adapt_steps: int = 0, **strategy_options) -> History:
     """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
 
     strategy: a Strategy or a registered name (then ``strategy_options`` go to its factory,
@@ -212,6 +216,13 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     from round k gives the rows and parameters the uninterrupted run has after round k).
     checkpoint(state) is called every ``checkpoint_every`` rounds and when the run ends for
     any reason (completed, stopped, Ctrl-C, diverged: with the last finite state, failed).
+
+    Every evaluated row has personal_acc_{mean,p10,p50,p90}: each client's test accuracy with
+    the model it uses (``fedlab.core.personal``), after ``finetune_steps`` steps of fine-tuning
+    on its own rows (SGD at ``finetune_lr``, default the strategy's client_lr or 0.01, unless
+    the strategy has its own ``adapt``). ``new_clients``: a FederatedDataset of held-out clients
+    that never train; each evaluated row then has their ``new_client_accuracy`` after
+    ``adapt_steps`` steps on their own training rows.
 
     A run never lies: a round with a non-finite loss or non-finite parameters ends the run with
     status "diverged" (its row is not kept, the model is the last finite one); an exception in
@@ -242,6 +253,10 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         check_int("chunk_size", chunk_size, 1, clients_per_round)
     if checkpoint_every is not None:
         check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("finetune_steps", finetune_steps, 0)
+    check_int("adapt_steps", adapt_steps, 0)
+    finetune_lr = strategy_options.get("client_lr", 0.01) if finetune_lr is None else finetune_lr
+    check_number("finetune_lr", finetune_lr, 0, low_open=True)
     if start is not None and not 0 <= start.round < rounds:
         raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
@@ -279,10 +294,17 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     server_update = jax.jit(strategy.server_update)
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
     evaluate = Evaluator(model, data)
+    personal = PersonalEvaluator(strategy, model, data, steps=strategy.adapt_steps + finetune_steps,
+                                 lr=finetune_lr, batch_size=batch_size, seed=seed)
+    new = None if new_clients is None else NewClientEvaluator(strategy, model, new_clients, steps=adapt_steps,
+                                                               lr=finetune_lr, batch_size=batch_size, seed=seed)
     settings = dict(algorithm=strategy.name, model=model.name, dataset=data.name, rounds=rounds,
                     clients=K, clients_per_round=clients_per_round, local_steps=local_steps,
                     local_epochs=local_epochs, batch_size=batch_size, sampling=sampling,
                     stragglers=stragglers, seed=seed, chunk_size=chunk, **strategy_options)
+    if finetune_steps or new_clients is not None:
+        settings.update(finetune_steps=finetune_steps, finetune_lr=finetune_lr,
+                        new_clients=None if new_clients is None else new_clients.num_clients, adapt_steps=adapt_steps)
 
     def one_round(r, server_state, client_states):
         """Run round r; returns (RoundOutput, sampled clients, seconds)."""
@@ -319,7 +341,14 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                 bad = _non_finite(row["local_loss"], finite_params)
                 if bad is None and (r % eval_every == 0 or r == rounds):
                     row.update(evaluate(out.server_state.params))
-                    bad = _non_finite(row["train_loss"], True)
+                    bad = _non_finite(row["train_loss"], True) if strategy.global_model else None
+                    if not strategy.global_model:       # no global model (islands): nothing to report
+                        row.update({c: math.nan for c in _COLUMNS[4:15] if c in row})
+                    row.update(personal(out.server_state, out.client_states, r, row))
+                    if new is not None:
+                        row.update(new(out.server_state, r))
+                    if row.pop("personal_finite", 1.0) != 1.0:
+                        bad = "non-finite personal model"
             except Exception as err:    # noqa: BLE001 - reported as the run's status, rows kept
                 status, message = "failed", f"round {r}: {type(err).__name__}: {err}"
                 break

@@ -99,6 +99,15 @@ class Strategy(NamedTuple):
       SCAFFOLD's control-variate delta).
     update_when_empty: run server_update even on a round with no participant (sum of weights 0);
       False keeps the server state unchanged on such a round.
+    personal_params(server_state, client_state) -> the params client k itself uses (Ditto's v_k,
+      FedPer's shared body with its own head); None: the global model ``server_state.params``.
+    adapt(server_state, params, batch, loss_fn) -> params: one step of fine-tuning on a client's
+      own rows (Meta-SGD's learned step sizes, MAML's inner step); None: SGD at the run's
+      fine-tuning rate. Used for ``finetune_steps`` and for new (held-out) clients.
+    adapt_steps: steps of ``adapt`` that belong to the strategy's personal model (MAML-style
+      learners are trained to be evaluated after their inner steps); 0 for the others.
+    global_model: False when there is no global model to evaluate (``local``: islands); the
+      History's global columns are then NaN and the personal ones tell the truth.
     """
 
     name: str
@@ -114,6 +123,10 @@ class Strategy(NamedTuple):
     requires: dict | None = None
     model_update: bool = True
     update_when_empty: bool = False
+    personal_params: Callable | None = None
+    adapt: Callable | None = None
+    adapt_steps: int = 0
+    global_model: bool = True
 
 
 def host_aggregator(fn: Callable) -> Callable:

@@ -190,9 +190,14 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
                 "num_clients": num_clients, "sampling": sampling}
     # update_when_empty: an empty Poisson round still releases its noise; skipping it would reveal
     # that nobody was sampled, which the accountant does not cover.
+    # the model each client uses and its fine-tuning step see the inner strategy's server state
+    personal = strategy.personal_params and (lambda state, client_state: strategy.personal_params(state.inner,
+                                                                                                  client_state))
+    adapt = strategy.adapt and (lambda state, *args: strategy.adapt(state.inner, *args))
     return Strategy(f"dp({strategy.name})", server_init, client_init, client_step, client_final,
                     server_update, broadcast, strategy.client_state_init, aggregate, report, requires,
-                    model_update=False, update_when_empty=True)
+                    model_update=False, update_when_empty=True, personal_params=personal, adapt=adapt,
+                    adapt_steps=strategy.adapt_steps, global_model=strategy.global_model)
 
 
 def local_dp(strategy: Strategy, *, clip: float, noise_multiplier: float, delta: float = 1e-5) -> Strategy:
