@@ -282,6 +282,9 @@ class Experiment:
     seed: int = setting(0, "seed of every random choice (data, model, sampling, noise)", "schedule")
     chunk_size: int | str = setting("auto", "clients per vmapped chunk (auto: by model size and backend)",
                                     "schedule")
+    # -- issue 15: scale (many devices, large populations) --
+    devices: int = setting(1, "shard each round's clients across N devices (a jax Mesh; one SPMD program); "
+                           "N must divide clients-per-round", "schedule")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -337,6 +340,10 @@ class Experiment:
         check_int("seed", self.seed, 0, 2 ** 32 - 1)
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1)
+        check_int("devices", self.devices, 1, 4096)
+        if self.clients_per_round is not None and self.resolved_sampling == "fixed" and self.clients_per_round % self.devices:
+            raise ValueError(f"devices must divide clients_per_round={self.clients_per_round} (each device runs an "
+                             f"equal share of the round's clients), got {self.devices}")
         if self.privacy is not None and not isinstance(self.privacy, Privacy):
             raise ValueError(f"privacy must be a fedlab.Privacy or None, got {self.privacy!r}")
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
@@ -391,6 +398,13 @@ class Experiment:
         check_int("clients_per_round", clients_per_round, 1, K)         # K: the data's clients
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1, clients_per_round)
+        if self.devices > 1:
+            from fedlab.core.engine import client_mesh
+
+            client_mesh(self.devices)                  # enough devices?
+            if self.resolved_sampling == "fixed" and clients_per_round % self.devices:
+                raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs "
+                                 f"an equal share of the round's clients), got {self.devices}")
         model = resolve_model(self.model, data, self.model_options)
         strategy = self._strategy_without_privacy()
         if self.privacy is not None:
@@ -403,7 +417,7 @@ class Experiment:
         return dict(rounds=self.rounds, clients_per_round=built.clients_per_round, local_steps=self.local_steps,
                     local_epochs=self.local_epochs, batch_size=self.batch_size, sampling=built.sampling,
                     stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
-                    chunk_size=self.chunk_size, model_options=None)
+                    chunk_size=self.chunk_size, model_options=None, devices=self.devices)
 
     def run(self, *, callbacks: Sequence[Callable] = (), progress: bool = True, out=None,
             checkpoint_every: int | None = None, data=None, built: Built | None = None, after=None):

@@ -180,7 +180,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              chunk_size: int | str = "auto", callbacks: Sequence[Callable[[RoundEvent], Any]] = (),
              progress: bool = True, init_params=None, model_options: dict | None = None,
              start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
-             checkpoint_every: int | None = None, **strategy_options) -> History:
+             checkpoint_every: int | None = None, devices: int = 1, **strategy_options) -> History:
     """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
 
     strategy: a Strategy or a registered name (then ``strategy_options`` go to its factory,
@@ -204,6 +204,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     a round (a host aggregator below its threshold, ...) ends it with status "failed" and
     the rows done; Ctrl-C ends it with status "interrupted" (after the checkpoint, the
     KeyboardInterrupt is raised again).
+
+    devices: shard each round's sampled clients across a Mesh of this many devices (one SPMD
+    program; the History equals the one-device run up to float summation order).
     """
     # ---- validate everything before any work ----
     K = data.num_clients
@@ -228,6 +231,13 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         check_int("chunk_size", chunk_size, 1, clients_per_round)
     if checkpoint_every is not None:
         check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("devices", devices, 1)
+    if sampling == "fixed" and clients_per_round % devices:
+        raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs an "
+                         f"equal share of the round's clients), got {devices}")
+    if chunk_size != "auto" and chunk_size > clients_per_round // devices:
+        check_int("chunk_size", chunk_size, 1, max(clients_per_round // devices, 1))
+    mesh = engine.client_mesh(devices) if devices > 1 else None
     if start is not None and not 0 <= start.round < rounds:
         raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
@@ -249,26 +259,32 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         server_state, client_states, first_round = start.server_state, start.client_states, start.round + 1
 
     num_params = tree_nbytes(params) // 4
-    chunk = (engine.auto_chunk(clients_per_round, num_params, jax.default_backend()) if chunk_size == "auto"
+    per_device = max(clients_per_round // devices, 1)
+    chunk = (engine.auto_chunk(per_device, num_params, jax.default_backend()) if chunk_size == "auto"
              else chunk_size)
     if sampling == "fixed":
-        slots = math.ceil(clients_per_round / chunk) * chunk
+        slots = math.ceil(per_device / chunk) * chunk * devices
     else:
-        slots = engine.poisson_slots(clients_per_round, K, chunk)
+        slots = engine.poisson_slots(clients_per_round, K, chunk * devices)
     plan = engine.Plan(K, clients_per_round, slots, chunk, batch_size, local_steps, local_epochs,
-                       int(data.train_counts.max()), sampling, float(stragglers))
+                       int(data.train_counts.max()), sampling, float(stragglers), devices)
     dev = engine.device_data(data)
     in_program = sampling == "fixed"
+    round_fn = (engine.make_sampling_round(plan, strategy, model) if in_program
+                else engine.make_round(plan, strategy, model))
+    if mesh is not None:
+        round_fn = engine.shard_round(round_fn, mesh)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        dev, server_state, client_states = jax.device_put((dev, server_state, client_states), replicated)
     # client states are not donated: a diverged round must leave the last finite ones intact
-    round_fn = jax.jit(engine.make_sampling_round(plan, strategy, model) if in_program
-                       else engine.make_round(plan, strategy, model))
+    round_fn = jax.jit(round_fn)
     server_update = jax.jit(strategy.server_update)
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
     evaluate = Evaluator(model, data)
     settings = dict(algorithm=strategy.name, model=model.name, dataset=data.name, rounds=rounds,
                     clients=K, clients_per_round=clients_per_round, local_steps=local_steps,
                     local_epochs=local_epochs, batch_size=batch_size, sampling=sampling,
-                    stragglers=stragglers, seed=seed, chunk_size=chunk, **strategy_options)
+                    stragglers=stragglers, seed=seed, chunk_size=chunk, devices=devices, **strategy_options)
 
     def one_round(r, server_state, client_states):
         """Run round r; returns (RoundOutput, sampled clients, seconds)."""
