@@ -54,11 +54,23 @@ class Plan:
 
 
 class DeviceData(NamedTuple):
+    """The training rows on the device, flat. A data source for the engine: ``counts``,
+    ``offsets``, ``for_client(cid)`` and, on what that returns, ``batch(offset, rows, mask)``
+    (fedlab.data.population.GeneratedSource is the other one: rows made from a client's key)."""
+
     x: jax.Array          # [N, *input_shape]
     y: jax.Array          # [N]
     weight: jax.Array | None   # [N] example weight in the loss (None when the dataset has none)
     offsets: jax.Array    # [K] first row of each client
     counts: jax.Array     # [K] n_k
+
+    def for_client(self, cid) -> "DeviceData":
+        return self
+
+    def batch(self, offset, rows, mask) -> Batch:
+        """rows: [B] row numbers within the client (from ``offset``); mask: [B] 1.0 for real rows."""
+        weight = mask if self.weight is None else self.weight[offset + rows] * mask
+        return Batch(self.x[offset + rows], self.y[offset + rows], weight)
 
 
 class RoundOutput(NamedTuple):
@@ -82,10 +94,6 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
     """One client's whole round: client_init, its local steps, client_final."""
     B = plan.batch_size
 
-    def batch_at(offset, rows, mask):
-        weight = mask if data.weight is None else data.weight[offset + rows] * mask
-        return Batch(data.x[offset + rows], data.y[offset + rows], weight)
-
     def run(broadcast, client_state, cid, num_steps, full_steps, roots):
         """roots: (batch key, client key) of the round; each client folds in its id. The client
         key (ClientInfo.key) is computed only if the strategy uses it."""
@@ -93,6 +101,7 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
         offset = data.offsets[cid]
         k_batches, k_client = (jax.random.fold_in(root, cid) for root in roots)
         info = ClientInfo(n, num_steps, full_steps, k_client, sampled_fraction)
+        batch_at = data.for_client(cid).batch
         local = strategy.client_init(broadcast, client_state, info)
 
         if plan.local_steps is not None:
