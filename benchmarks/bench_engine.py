@@ -9,7 +9,9 @@ round (the machine's speed drifts), it times fedlab.simulate and three hand-writ
 centralized floor, the same sample-gradients on one model), and prints steady seconds per round
 (median of rounds 2..R, then median over repetitions), the first round (compile included: cold
 in the first repetition, from a persistent compilation cache in the others), and the peers' rows
-read from RESULTS.md. The data files are generated into benchmarks/data/ on first use.
+read from RESULTS.md when ../shared/bench is there (else those rows are left out). The data
+files are generated into benchmarks/data/ on first use by benchmarks/workload.py (numpy only;
+the same arrays as the shared gen_data.py), so the script runs in a plain clone.
 
     python benchmarks/bench_engine.py                  # the whole table (~10 min on 2 cores)
     python benchmarks/bench_engine.py --cells logreg:S mlp:L --reps 3
@@ -17,10 +19,10 @@ read from RESULTS.md. The data files are generated into benchmarks/data/ on firs
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import pathlib
 import re
+import sys
 import tempfile
 import time
 
@@ -31,6 +33,9 @@ import optax
 
 import fedlab
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import workload  # noqa: E402  (benchmarks/workload.py, next to this file)
+
 HERE = pathlib.Path(__file__).resolve().parent
 BENCH = pathlib.Path(os.environ.get("FEDLAB_PEERBENCH", HERE.parent.parent / "shared" / "bench"))
 DATA = HERE / "data"
@@ -40,17 +45,11 @@ LOCAL_STEPS, BATCH, LR = 20, 10, 0.01
 
 
 def data_file(scale: str) -> pathlib.Path:
-    """benchmarks/data/synth_<scale>.npz, made by the shared gen_data.py (numpy only) if missing."""
+    """benchmarks/data/synth_<scale>.npz, made by benchmarks/workload.py (numpy only) if missing."""
     path = DATA / f"synth_{scale}.npz"
     if not path.exists():
-        spec = importlib.util.spec_from_file_location("gen_data", BENCH / "gen_data.py")
-        gen = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(gen)
-        s = SCALES[scale]
-        arrays = gen.generate(s["clients"], 1.0, 1.0, s["seed"])
-        arrays.update(gen.init_params(s["seed"]))
         DATA.mkdir(parents=True, exist_ok=True)
-        np.savez(path, **arrays)
+        workload.write(path, SCALES[scale]["clients"], SCALES[scale]["seed"])
     return path
 
 
@@ -162,8 +161,11 @@ COLUMNS = ("logreg:S", "mlp:S", "logreg:L", "mlp:L")
 
 
 def peer_rows(path: pathlib.Path = BENCH / "RESULTS.md") -> dict[str, list[float]]:
-    """Steady seconds per round of FedJAX, pfl and Flower, from the shared RESULTS.md table."""
+    """Steady seconds per round of FedJAX, pfl and Flower, from the shared RESULTS.md table
+    ({} when there is none, e.g. in a plain clone)."""
     rows = {}
+    if not path.exists():
+        return rows
     for line in path.read_text().splitlines():
         for prefix, name in PEERS.items():
             if line.startswith("| " + prefix):
@@ -226,6 +228,9 @@ def main():
     # reference as measured in RESULTS.md.
     best_ref = lambda c: min(med(steady, i, c) for i in impls[1:3])
     best_ref_peers = lambda c: min(peers[i][COLUMNS.index(c)] for i in ("ref vmap", "ref chunk 5"))
+    if not all(name in peers for name in ("FedJAX", "pfl", "Flower", "ref vmap", "ref chunk 5")):
+        print(f"\n(no peer rows: {BENCH / 'RESULTS.md'} not found; set FEDLAB_PEERBENCH to the shared bench folder)")
+        return
     print("\nfedlab speed-up over the peers: (peer / best reference, both from RESULTS.md) / "
           "(fedlab / best reference, both measured here)\n")
     print("| peer | " + " | ".join(a.cells) + " |")

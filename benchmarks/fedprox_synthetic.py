@@ -9,6 +9,12 @@ mean loss over its last 10 rounds and its instability (mean absolute round-to-ro
 
     python benchmarks/fedprox_synthetic.py --rounds 200 --out benchmarks/out
     python benchmarks/fedprox_synthetic.py --plot-only --out benchmarks/out   # figure from the CSV
+    python benchmarks/fedprox_synthetic.py --seeds 0 1 2 3 4 --rounds 40     # mean and spread over data draws
+
+With several seeds each panel is run on every seed's data draw (the seed sets the data, the
+model's start, the sampling and the stragglers) and the table gives the mean and the standard
+deviation over seeds of the late-round loss and of the instability, and how many seeds'
+FedAvg runs diverged (a non-finite loss) or ended above their first round's loss.
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ METHODS = {"FedAvg": ("fedavg", {}), "FedProx (mu=0)": ("fedprox", {"mu": 0.0}),
            "FedProx (mu=1)": ("fedprox", {"mu": 1.0})}
 
 
-def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS, csv=None) -> pd.DataFrame:
+def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS, csv=None, methods=None) -> pd.DataFrame:
     """One row per (dataset, stragglers, method, round) with train_loss and test_accuracy; each
     finished run is also appended to ``csv`` when given."""
     rows = []
@@ -35,6 +41,8 @@ def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS, cs
         data = fedlab.data.load_federated(spec, seed=seed)
         for fraction in stragglers:
             for method, (name, knobs) in METHODS.items():
+                if methods is not None and method not in methods:
+                    continue
                 t0 = time.perf_counter()
                 h = fedlab.simulate(name, "logreg", data, rounds=rounds, clients_per_round=10, local_epochs=20,
                                     batch_size=10, client_lr=0.01, stragglers=fraction, seed=seed,
@@ -42,7 +50,7 @@ def run_all(rounds: int, seed: int, datasets=DATASETS, stragglers=STRAGGLERS, cs
                 print(f"{spec:18s} stragglers={fraction:.0%} {method:15s} final train loss "
                       f"{h['train_loss'].iloc[-1]:.3f}  ({time.perf_counter() - t0:.0f} s)", flush=True)
                 rows.append(h[["round", "train_loss", "test_accuracy"]].assign(
-                    dataset=data.name, stragglers=fraction, method=method))
+                    dataset=data.name, stragglers=fraction, method=method, seed=seed, status=h.status))
                 if csv is not None:
                     rows[-1].to_csv(csv, mode="a", header=not pathlib.Path(csv).exists(), index=False)
     return pd.concat(rows, ignore_index=True)
@@ -55,10 +63,27 @@ def figure(table: pd.DataFrame):
                               title="FedAvg vs FedProx on Synthetic data (Li et al. 2020, Figure 1)")
 
 
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, stragglers, method): mean and std over seeds of the late-round loss and the
+    instability (report.tail_summary of each seed's run), and the seeds whose run diverged."""
+    per_seed = report.tail_summary(table, ["dataset", "stragglers", "method", "seed"]).reset_index()
+    status = table.groupby(["dataset", "stragglers", "method", "seed"])["status"].last().reset_index()
+    per_seed = per_seed.merge(status, on=["dataset", "stragglers", "method", "seed"])
+    grouped = per_seed.groupby(["dataset", "stragglers", "method"])
+    values = [c for c in per_seed.columns if c not in ("dataset", "stragglers", "method", "seed", "status")]
+    out = grouped[values].agg(["mean", "std"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    out["seeds"] = grouped.size()
+    out["diverged"] = grouped["status"].apply(lambda s: int((s == "diverged").sum()))
+    return out.round(3)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, help="several data draws (overrides --seed)")
+    ap.add_argument("--methods", nargs="+", default=None, choices=list(METHODS))
     ap.add_argument("--out", default="benchmarks/out")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     ap.add_argument("--stragglers", nargs="+", type=float, default=list(STRAGGLERS))
@@ -71,7 +96,11 @@ def main():
         table = pd.read_csv(csv)
     else:
         csv.unlink(missing_ok=True)
-        table = run_all(a.rounds, a.seed, a.datasets, a.stragglers, csv=csv)
+        table = pd.concat([run_all(a.rounds, seed, a.datasets, a.stragglers, csv=csv, methods=a.methods)
+                           for seed in (a.seeds or [a.seed])], ignore_index=True)
+    if "seed" in table and table["seed"].nunique() > 1:
+        print(seed_summary(table).to_string())
+        return
     figure(table).write_html(out / "fedprox_synthetic.html", include_plotlyjs="cdn")
     with pd.option_context("display.width", 200, "display.float_format", "{:.3f}".format):
         print(report.tail_summary(table, ["dataset", "stragglers", "method"]).unstack("method"))

@@ -61,7 +61,8 @@ def _field_type(field: dataclasses.Field):
     if field.name == "chunk_size":
         return lambda v: v if v == "auto" else int(v)
     default = field.default
-    if field.name in ("num_clients", "clients_per_round", "local_steps", "local_epochs") or isinstance(default, int):
+    if field.name in ("num_clients", "clients_per_round", "local_steps", "local_epochs", "eval_clients") or \
+            isinstance(default, int):
         return int
     if isinstance(default, float) or field.name in ("target_epsilon", "noise_multiplier"):
         return float

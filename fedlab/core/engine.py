@@ -40,10 +40,12 @@ class Plan:
     max_examples: int
     sampling: str
     stragglers: float
+    devices: int = 1      # the slots are split evenly across this many devices (shard_round)
 
     @property
     def num_chunks(self) -> int:
-        return self.slots // self.chunk
+        """Chunks each device scans over."""
+        return self.slots // (self.chunk * self.devices)
 
     @property
     def equal_work(self) -> bool:
@@ -52,11 +54,23 @@ class Plan:
 
 
 class DeviceData(NamedTuple):
+    """The training rows on the device, flat. A data source for the engine: ``counts``,
+    ``offsets``, ``for_client(cid)`` and, on what that returns, ``batch(offset, rows, mask)``
+    (fedlab.data.population.GeneratedSource is the other one: rows made from a client's key)."""
+
     x: jax.Array          # [N, *input_shape]
     y: jax.Array          # [N]
     weight: jax.Array | None   # [N] example weight in the loss (None when the dataset has none)
     offsets: jax.Array    # [K] first row of each client
     counts: jax.Array     # [K] n_k
+
+    def for_client(self, cid) -> "DeviceData":
+        return self
+
+    def batch(self, offset, rows, mask) -> Batch:
+        """rows: [B] row numbers within the client (from ``offset``); mask: [B] 1.0 for real rows."""
+        weight = mask if self.weight is None else self.weight[offset + rows] * mask
+        return Batch(self.x[offset + rows], self.y[offset + rows], weight)
 
 
 class RoundOutput(NamedTuple):
@@ -80,10 +94,6 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
     """One client's whole round: client_init, its local steps, client_final."""
     B = plan.batch_size
 
-    def batch_at(offset, rows, mask):
-        weight = mask if data.weight is None else data.weight[offset + rows] * mask
-        return Batch(data.x[offset + rows], data.y[offset + rows], weight)
-
     def run(broadcast, client_state, cid, num_steps, full_steps, roots):
         """roots: (batch key, client key) of the round; each client folds in its id. The client
         key (ClientInfo.key) is computed only if the strategy uses it."""
@@ -91,6 +101,7 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
         offset = data.offsets[cid]
         k_batches, k_client = (jax.random.fold_in(root, cid) for root in roots)
         info = ClientInfo(n, num_steps, full_steps, k_client, sampled_fraction)
+        batch_at = data.for_client(cid).batch
         local = strategy.client_init(broadcast, client_state, info)
 
         if plan.local_steps is not None:
@@ -199,12 +210,16 @@ def _round_body(plan: Plan, strategy: Strategy, model: Model):
             sum_wu = jax.tree.map(lambda s, u: s + jnp.tensordot(w, u, 1), sum_wu, update)
             return (sum_wu, sum_w + jnp.sum(w), sums), (None, None, new_state)
 
-        xs = jax.tree.map(chunked, (my_states, ids, num_steps, full_steps, valid))
+        xs = jax.tree.map(lambda t: chunked(_mine(plan, t)), (my_states, ids, num_steps, full_steps, valid))
         one = jax.eval_shape(work, broadcast, jax.tree.map(lambda s: s[0], my_states),
                              ids[0], num_steps[0], full_steps[0], (k_batches, k_clients))[0]
         sums = {name: jnp.zeros((), jnp.float32) for name in ("local_loss", "participants", *one.metrics)}
         init = (optax.tree_utils.tree_zeros_like(one.update), jnp.zeros((), jnp.float32), sums)
         (sum_wu, sum_w, sums), (updates, weights, new_states) = jax.lax.scan(run_chunk, init, xs)
+        if plan.devices > 1:    # the weighted sums over all devices; every device's slots, in order
+            sum_wu, sum_w, sums = jax.lax.psum((sum_wu, sum_w, sums), CLIENTS_AXIS)
+            updates, weights, new_states = jax.lax.all_gather((updates, weights, new_states), CLIENTS_AXIS,
+                                                              axis=0, tiled=True)
 
         flat_states = jax.tree.map(lambda t: t.reshape((plan.slots,) + t.shape[2:]), new_states)
         target = jnp.where(valid, ids, plan.num_clients)            # padding slots write nowhere
@@ -231,6 +246,38 @@ def _round_body(plan: Plan, strategy: Strategy, model: Model):
         return RoundOutput(new_server, client_states, metrics)
 
     return round_body
+
+
+CLIENTS_AXIS = "clients"     # the mesh axis the sampled clients are sharded over
+
+
+def _mine(plan: Plan, t):
+    """This device's contiguous share of a [slots, ...] array (all of it on one device)."""
+    if plan.devices == 1:
+        return t
+    per = plan.slots // plan.devices
+    return jax.lax.dynamic_slice_in_dim(t, jax.lax.axis_index(CLIENTS_AXIS) * per, per)
+
+
+def client_mesh(devices: int) -> jax.sharding.Mesh:
+    """A 1-d Mesh over the first ``devices`` of ``jax.devices()`` (every process's devices in a
+    multi-host run), axis CLIENTS_AXIS; ValueError if there are fewer."""
+    available = jax.devices()
+    if devices > len(available):
+        raise ValueError(f"devices must be at most the {len(available)} {jax.default_backend()} device(s) "
+                         f"available, got {devices} (on CPU, set XLA_FLAGS=--xla_force_host_platform_"
+                         f"device_count={devices} before jax is imported)")
+    return jax.sharding.Mesh(np.array(available[:devices]), (CLIENTS_AXIS,))
+
+
+def shard_round(round_fn, mesh: jax.sharding.Mesh):
+    """``round_fn`` (built with plan.devices == mesh.size) as one SPMD program over ``mesh``: every
+    input and output is replicated; inside, each device runs the chunk scan over its share of the
+    round's slots, and the weighted sums are psum-med across devices (the same reduction). The
+    outputs are replicated by construction (psum / all_gather), so the per-value replication
+    check, which the strategies' scan carries would otherwise have to annotate, is off."""
+    P = jax.sharding.PartitionSpec
+    return jax.shard_map(round_fn, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False)
 
 
 def update_nbytes(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, server_state, client_states):
@@ -285,7 +332,8 @@ def sample_poisson(plan: Plan, key) -> tuple[np.ndarray, np.ndarray]:
     Fixed sampling happens inside the compiled round (``make_sampling_round``)."""
     rate = plan.clients_per_round / plan.num_clients
     chosen = np.flatnonzero(np.asarray(jax.random.bernoulli(key, rate, (plan.num_clients,)))).astype(np.int32)
-    slots = max(plan.slots, math.ceil(len(chosen) / plan.chunk) * plan.chunk)
+    unit = plan.chunk * plan.devices
+    slots = max(plan.slots, math.ceil(len(chosen) / unit) * unit)
     valid = np.arange(slots) < len(chosen)
     return np.pad(chosen, (0, slots - len(chosen))), valid
 

@@ -28,6 +28,7 @@ from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS, spec_
 from fedlab.core.registry import parse_spec as registry_parse_spec
 
 REGISTRIES = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}
+AUTO_GENERATED_ABOVE = 5000   # issue 15: client_data="auto" generates synthetic populations larger than this
 GROUPS = ("data", "model", "algorithm", "schedule", "privacy")
 
 
@@ -254,6 +255,15 @@ class Experiment:
                                      "algorithm")
     adapt_steps: int = setting(5, "steps a held-out client adapts the model on its own training rows",
                                "algorithm")
+    # -- issue 15: scale (many devices, large populations) --
+    devices: int = setting(1, "shard each round's clients across N devices (a jax Mesh; one SPMD program); "
+                           "N must divide clients-per-round", "schedule")
+    client_data: str = setting("auto", "where the clients' rows live: memory (all generated or loaded up front), "
+                               "generated (synthetic datasets: a client's rows are generated from its key when it "
+                               "is sampled; for populations larger than memory), auto (generated above "
+                               f"{AUTO_GENERATED_ABOVE} clients of a synthetic dataset, else memory)", "data")
+    eval_clients: int | None = setting(None, "evaluate on a fixed random sample of this many clients (default: "
+                                       "all in memory; 1000 for generated data)", "data")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -312,6 +322,20 @@ class Experiment:
         check_int("finetune_steps", self.finetune_steps, 0)
         check_number("holdout_clients", self.holdout_clients, 0, 1, high_open=True)
         check_int("adapt_steps", self.adapt_steps, 0)
+        check_int("devices", self.devices, 1, 4096)
+        _check_choice("client_data", self.client_data, ("auto", "memory", "generated"))
+        _optional(check_int, "eval_clients", self.eval_clients, 1)
+        if self.client_data == "generated":
+            from fedlab.data.population import GENERATED_DATASETS
+
+            if self.dataset not in GENERATED_DATASETS or self.partition not in (None, "natural"):
+                raise ValueError(f"client_data: 'generated' needs a synthetic dataset ({', '.join(GENERATED_DATASETS)}) "
+                                 f"with its natural clients, got dataset {self.dataset!r}, partition {self.partition!r}")
+            if self.local_epochs is not None:
+                raise ValueError("local_epochs: generated client data trains by local_steps; give local_steps")
+        if self.clients_per_round is not None and self.resolved_sampling == "fixed" and self.clients_per_round % self.devices:
+            raise ValueError(f"devices must divide clients_per_round={self.clients_per_round} (each device runs an "
+                             f"equal share of the round's clients), got {self.devices}")
         if self.privacy is not None and not isinstance(self.privacy, Privacy):
             raise ValueError(f"privacy must be a fedlab.Privacy or None, got {self.privacy!r}")
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
@@ -339,9 +363,28 @@ class Experiment:
     def _strategy_without_privacy(self):
         return ALGORITHMS[self.algorithm].factory(**self.algorithm_options)
 
+    @property
+    def resolved_client_data(self) -> str:
+        """'memory' or 'generated': as set, or by the rule of 'auto'."""
+        if self.client_data != "auto":
+            return self.client_data
+        from fedlab.data.population import GENERATED_DATASETS
+
+        large = (self.num_clients or 0) > AUTO_GENERATED_ABOVE
+        natural = self.partition in (None, "natural")
+        return "generated" if large and natural and self.dataset in GENERATED_DATASETS else "memory"
+
     def load_data(self):
-        """The federated dataset these settings describe (deterministic given the seed)."""
+        """The federated dataset these settings describe (deterministic given the seed); with
+        generated client data, a ``GeneratedPopulation`` (rows made when a client is sampled)."""
         from fedlab.data.loaders import load_federated
+
+        if self.resolved_client_data == "generated":
+            from fedlab.data.population import generated_population
+
+            return generated_population(self.dataset, self.num_clients or 30, seed=self.seed,
+                                        test_fraction=self.test_fraction, eval_clients=self.eval_clients or 1000,
+                                        **self.dataset_options)
 
         options = dict(self.dataset_options)
         target = options.pop("target", None) if self.dataset == "csv" else None
@@ -371,6 +414,13 @@ class Experiment:
         check_int("clients_per_round", clients_per_round, 1, K)         # K: the data's clients
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1, clients_per_round)
+        if self.devices > 1:
+            from fedlab.core.engine import client_mesh
+
+            client_mesh(self.devices)                  # enough devices?
+            if self.resolved_sampling == "fixed" and clients_per_round % self.devices:
+                raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs "
+                                 f"an equal share of the round's clients), got {self.devices}")
         model = resolve_model(self.model, data, self.model_options)
         strategy = self._strategy_without_privacy()
         if self.privacy is not None:
@@ -384,7 +434,8 @@ class Experiment:
                     local_epochs=self.local_epochs, batch_size=self.batch_size, sampling=built.sampling,
                     stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
                     chunk_size=self.chunk_size, model_options=None, finetune_steps=self.finetune_steps,
-                    finetune_lr=self.finetune_lr, new_clients=built.new_clients, adapt_steps=self.adapt_steps)
+                    finetune_lr=self.finetune_lr, new_clients=built.new_clients, adapt_steps=self.adapt_steps,
+                    devices=self.devices, eval_clients=self.eval_clients)
 
     @property
     def finetune_lr(self) -> float:

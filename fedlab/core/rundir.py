@@ -33,6 +33,8 @@ FORMAT = "fedlab-checkpoint/1"
 
 def data_fingerprint(data) -> str:
     """A short hash of the training and test arrays (a changed CSV must not resume silently)."""
+    if hasattr(data, "fingerprint"):        # a population generated on demand
+        return data.fingerprint()
     h = hashlib.sha256()
     for a in (data.x_train, data.y_train, data.train_offsets, data.x_test, data.y_test):
         h.update(np.ascontiguousarray(a).tobytes())

@@ -198,7 +198,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              progress: bool = True, init_params=None, model_options: dict | None = None,
              start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
              checkpoint_every: int | None = None, finetune_steps: int = 0, finetune_lr: float | None = None,
-             new_clients=None, adapt_steps: int = 0, **strategy_options) -> History:
+             new_clients=None, adapt_steps: int = 0, devices: int = 1, eval_clients: int | None = None,
+             **strategy_options) -> History:
     """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
 
     strategy: a Strategy or a registered name (then ``strategy_options`` go to its factory,
@@ -229,6 +230,13 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     a round (a host aggregator below its threshold, ...) ends it with status "failed" and
     the rows done; Ctrl-C ends it with status "interrupted" (after the checkpoint, the
     KeyboardInterrupt is raised again).
+
+    devices: shard each round's sampled clients across a Mesh of this many devices (one SPMD
+    program; the History equals the one-device run up to float summation order). eval_clients:
+    evaluate on a fixed random sample of this many clients (a generated population, from
+    ``fedlab.data.population``, always evaluates on its own sample). ``History.attrs`` says how
+    many clients were evaluated ("evaluated_clients") and the memory of the per-client states
+    ("client_state_bytes").
     """
     # ---- validate everything before any work ----
     K = data.num_clients
@@ -257,9 +265,20 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     check_int("adapt_steps", adapt_steps, 0)
     finetune_lr = strategy_options.get("client_lr", 0.01) if finetune_lr is None else finetune_lr
     check_number("finetune_lr", finetune_lr, 0, low_open=True)
+    check_int("devices", devices, 1)
+    if sampling == "fixed" and clients_per_round % devices:
+        raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs an "
+                         f"equal share of the round's clients), got {devices}")
+    if chunk_size != "auto" and chunk_size > clients_per_round // devices:
+        check_int("chunk_size", chunk_size, 1, max(clients_per_round // devices, 1))
+    mesh = engine.client_mesh(devices) if devices > 1 else None
     if start is not None and not 0 <= start.round < rounds:
         raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
+    generated = hasattr(data, "device_data")        # a population generated on demand (fedlab.data.population)
+    if generated and local_epochs is not None:
+        raise ValueError(f"local_epochs: a generated population trains by local_steps (its clients have up to "
+                         f"{int(data.train_counts.max())} rows); give local_steps")
     strategy = resolve_strategy(strategy, strategy_options)
     actual = dict(clients_per_round=clients_per_round, num_clients=K, sampling=sampling)
     for name, wanted in (strategy.requires or {}).items():
@@ -269,6 +288,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     model = resolve_model(model, data, model_options)
 
     k_run = jax.random.split(jax.random.key(seed))[1]
+    state_bytes = check_client_state_memory(strategy, model, K, seed, init_params)
     _, server_state, client_states = initial_state(strategy, model, K, seed, init_params)
     params = server_state.params
     first_round = 1
@@ -278,30 +298,41 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         server_state, client_states, first_round = start.server_state, start.client_states, start.round + 1
 
     num_params = tree_nbytes(params) // 4
-    chunk = (engine.auto_chunk(clients_per_round, num_params, jax.default_backend()) if chunk_size == "auto"
+    per_device = max(clients_per_round // devices, 1)
+    chunk = (engine.auto_chunk(per_device, num_params, jax.default_backend()) if chunk_size == "auto"
              else chunk_size)
     if sampling == "fixed":
-        slots = math.ceil(clients_per_round / chunk) * chunk
+        slots = math.ceil(per_device / chunk) * chunk * devices
     else:
-        slots = engine.poisson_slots(clients_per_round, K, chunk)
+        slots = engine.poisson_slots(clients_per_round, K, chunk * devices)
     plan = engine.Plan(K, clients_per_round, slots, chunk, batch_size, local_steps, local_epochs,
-                       int(data.train_counts.max()), sampling, float(stragglers))
-    dev = engine.device_data(data)
+                       int(data.train_counts.max()), sampling, float(stragglers), devices)
+    dev = data.device_data() if generated else engine.device_data(data)
     in_program = sampling == "fixed"
+    round_fn = (engine.make_sampling_round(plan, strategy, model) if in_program
+                else engine.make_round(plan, strategy, model))
+    if mesh is not None:
+        round_fn = engine.shard_round(round_fn, mesh)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        dev, server_state, client_states = jax.device_put((dev, server_state, client_states), replicated)
     # client states are not donated: a diverged round must leave the last finite ones intact
-    round_fn = jax.jit(engine.make_sampling_round(plan, strategy, model) if in_program
-                       else engine.make_round(plan, strategy, model))
+    round_fn = jax.jit(round_fn)
     server_update = jax.jit(strategy.server_update)
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
-    evaluate = Evaluator(model, data)
-    personal = PersonalEvaluator(strategy, model, data, steps=strategy.adapt_steps + finetune_steps,
-                                 lr=finetune_lr, batch_size=batch_size, seed=seed)
+    if eval_clients is not None:
+        check_int("eval_clients", eval_clients, 1)
+    eval_data = data.evaluation_data() if generated else client_sample(data, eval_clients, seed)
+    evaluate = Evaluator(model, eval_data)
+    # personal models are per client: evaluated when every client of the data is (no sample)
+    personal = None if eval_data is not data else PersonalEvaluator(
+        strategy, model, data, steps=strategy.adapt_steps + finetune_steps, lr=finetune_lr,
+        batch_size=batch_size, seed=seed)
     new = None if new_clients is None else NewClientEvaluator(strategy, model, new_clients, steps=adapt_steps,
                                                                lr=finetune_lr, batch_size=batch_size, seed=seed)
     settings = dict(algorithm=strategy.name, model=model.name, dataset=data.name, rounds=rounds,
                     clients=K, clients_per_round=clients_per_round, local_steps=local_steps,
                     local_epochs=local_epochs, batch_size=batch_size, sampling=sampling,
-                    stragglers=stragglers, seed=seed, chunk_size=chunk, **strategy_options)
+                    stragglers=stragglers, seed=seed, chunk_size=chunk, devices=devices, **strategy_options)
     if finetune_steps or new_clients is not None:
         settings.update(finetune_steps=finetune_steps, finetune_lr=finetune_lr,
                         new_clients=None if new_clients is None else new_clients.num_clients, adapt_steps=adapt_steps)
@@ -344,7 +375,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                     bad = _non_finite(row["train_loss"], True) if strategy.global_model else None
                     if not strategy.global_model:       # no global model (islands): nothing to report
                         row.update({c: math.nan for c in _COLUMNS[4:15] if c in row})
-                    row.update(personal(out.server_state, out.client_states, r, row))
+                    if personal is not None:
+                        row.update(personal(out.server_state, out.client_states, r, row))
                     if new is not None:
                         row.update(new(out.server_state, r))
                     if row.pop("personal_finite", 1.0) != 1.0:
@@ -391,7 +423,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     history = History(table.reindex(columns=first + [c for c in table if c not in first + last] + last))
     history.params, history.settings, history.state = state.server_state.params, settings, state
     history.status, history.message = status, message
-    history.per_client = evaluate.per_client(state.server_state.params, data.names())
+    history.per_client = evaluate.per_client(state.server_state.params, eval_data.names())
+    history.attrs.update(evaluated_clients=eval_data.num_clients, client_state_bytes=state_bytes)
     if status in ("diverged", "failed"):
         warnings.warn(f"{strategy.name}: {message}", RunEndedWarning, stacklevel=2)
     return history
@@ -405,6 +438,47 @@ def initial_state(strategy: Strategy, model: Model, num_clients: int, seed: int,
     one_state = strategy.client_state_init(params)
     client_states = jax.tree.map(lambda s: jnp.broadcast_to(s, (num_clients,) + jnp.shape(s)).copy(), one_state)
     return RunState(0, strategy.server_init(params), client_states)
+
+
+def check_client_state_memory(strategy: Strategy, model: Model, num_clients: int, seed: int = 0,
+                              init_params=None, limit: int | None = None) -> int:
+    """Bytes of every client's persistent state (SCAFFOLD's control variates: one model per client);
+    ValueError with the needed size when twice that (the state and the round's new copy) exceeds
+    ``limit`` (default: half of this machine's memory, or of the accelerator's)."""
+    params = jax.eval_shape(lambda: model.init(jax.random.key(seed))) if init_params is None else init_params
+    one = tree_nbytes(jax.eval_shape(strategy.client_state_init, params))
+    needed = num_clients * one
+    if limit is None:
+        limit = memory_limit()
+    if needed and 2 * needed > limit:
+        raise ValueError(f"{strategy.name} keeps a state per client: {num_clients} clients x {one / 2**10:.1f} KiB = "
+                         f"{needed / 2**30:.2f} GiB, twice that with the round's copy, but the limit is "
+                         f"{limit / 2**30:.2f} GiB (half of the memory); use fewer clients, a smaller model or a "
+                         f"strategy without client state")
+    return needed
+
+
+def memory_limit() -> int:
+    """Half of the default device's memory (an accelerator's bytes_limit, else the host's RAM)."""
+    import os
+
+    stats = getattr(jax.devices()[0], "memory_stats", lambda: None)()
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]) // 2
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def client_sample(data, eval_clients: int | None, seed: int):
+    """``data`` itself, or a FederatedDataset of a fixed random sample of ``eval_clients`` of its
+    clients (for evaluation at scale)."""
+    K = data.num_clients
+    if eval_clients is None or eval_clients >= K:
+        return data
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 7), (K,)))
+    ids = np.sort(np.argsort(u, kind="stable")[:eval_clients])
+    return type(data).from_clients(f"{data.name}, evaluated on {len(ids)} sampled clients",
+                                   [data.client(k, "train") for k in ids], [data.client(k, "test") for k in ids],
+                                   data.num_classes)
 
 
 def _non_finite(loss: float, params_finite: bool) -> str | None:
