@@ -28,7 +28,7 @@ from fedlab.core.checks import check_int, check_number
 from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS
 
 WHOLE_REST = ("csv", "npz", "column")     # spec names whose one value is everything after ':'
-GROUPS = ("data", "model", "algorithm", "schedule", "privacy")
+GROUPS = ("data", "model", "algorithm", "schedule", "adversaries", "communication", "privacy")
 
 
 def setting(default, help: str, group: str, flag: str | None = None, **kw):
@@ -244,6 +244,8 @@ class Built(NamedTuple):
     model: Any
     clients_per_round: int
     sampling: str
+    attackers: tuple = ()                 # the attacker client ids (issue 13)
+    extra_eval: Any = None                # params -> dict of extra History columns (backdoor_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,6 +284,20 @@ class Experiment:
     seed: int = setting(0, "seed of every random choice (data, model, sampling, noise)", "schedule")
     chunk_size: int | str = setting("auto", "clients per vmapped chunk (auto: by model size and backend)",
                                     "schedule")
+    # -- issue 13: malicious clients, robust aggregation, communication compression --------------
+    attack: str | None = setting(None, "what the attackers do: sign_flip | scale[:FACTOR] | gaussian[:STD] | "
+                                 "alie[:Z] | free_rider[:STD] | label_flip | backdoor[:TARGET[,FRACTION]] "
+                                 "(None: no attack)", "adversaries")
+    attackers: float = setting(0.0, "fraction of the clients that are attackers, in [0, 1) (a fixed subset "
+                               "drawn from the seed)", "adversaries")
+    defense: str | None = setting(None, "robust aggregation: median | trimmed_mean:BETA | krum:F | multikrum:F,M | "
+                                  "bulyan:F | norm_clip:C (None: the weighted mean)", "adversaries")
+    compress: str | None = setting(None, "uplink compression of each update: topk:FRAC | randk:FRAC | qsgd:LEVELS | "
+                                   "sign (None: float32)", "communication")
+    compress_down: str | None = setting(None, "compression of the broadcast model (same kinds as compress)",
+                                        "communication")
+    error_feedback: bool = setting(False, "keep what uplink compression dropped as client state and send it "
+                                   "next time", "communication")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -295,6 +311,9 @@ class Experiment:
                 set_(f"{kind}_options", {**options, **dict(getattr(self, f"{kind}_options"))})
         if isinstance(self.privacy, dict):
             set_("privacy", Privacy(**self.privacy))
+        for name in ("attack", "defense", "compress", "compress_down"):
+            if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
+                set_(name, None)              # an empty text box means off
         for kind in ("dataset", "partition", "model", "algorithm"):
             options = getattr(self, f"{kind}_options")
             set_(f"{kind}_options", dict(options) if isinstance(options, dict) else options)
@@ -342,6 +361,39 @@ class Experiment:
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
             raise ValueError("sampling: the pld accountant needs poisson sampling")
         self._strategy_without_privacy()       # the factory's own range checks (mu >= 0, ...)
+        self._validate_security_and_compression()
+
+    def _validate_security_and_compression(self) -> None:
+        """attack / attackers / defense / compress* (issue 13); specs stored canonically."""
+        from fedlab.compression import canonical_spec
+        from fedlab.security import make_defense, parse_attack
+
+        set_ = lambda name, value: object.__setattr__(self, name, value)   # noqa: E731 (frozen)
+        check_number("attackers", self.attackers, 0, 1, high_open=True)
+        if self.attack is not None:
+            set_("attack", parse_attack(self.attack).spec)
+        elif self.attackers > 0:
+            raise ValueError("attackers: give an attack (e.g. attack='sign_flip') for the attackers to run")
+        if self.defense is not None:
+            set_("defense", make_defense(self.defense).spec)
+        for name in ("compress", "compress_down"):
+            if getattr(self, name) is not None:
+                set_(name, canonical_spec(getattr(self, name), name))
+        if not isinstance(self.error_feedback, bool):
+            raise ValueError(f"error_feedback must be true or false, got {self.error_feedback!r}")
+        if self.error_feedback and self.compress is None:
+            raise ValueError("error_feedback: needs an uplink compression (compress)")
+        if self.privacy is not None:
+            if self.defense is not None:
+                raise ValueError("defense: robust aggregation does not compose with privacy (DP's noised sum is "
+                                 "the aggregate, calibrated to a sum of clipped updates)")
+            if self.attack is not None and not parse_attack(self.attack).poisons_data:
+                raise ValueError("attack: model poisoning with privacy is not simulated (fedlab's DP clips in the "
+                                 "client's code, which a malicious client would skip); data poisoning "
+                                 "(label_flip, backdoor) works with privacy")
+            if self.compress is not None or self.compress_down is not None:
+                raise ValueError("compress: compression does not compose with central DP here (error feedback and "
+                                 "QSGD can raise the clipped norm the noise is calibrated to)")
 
     def replace(self, **changes) -> "Experiment":
         """A copy with ``changes`` (validated like a new Experiment)."""
@@ -393,17 +445,44 @@ class Experiment:
             check_int("chunk_size", self.chunk_size, 1, clients_per_round)
         model = resolve_model(self.model, data, self.model_options)
         strategy = self._strategy_without_privacy()
+        strategy, attackers, extra_eval = self._wrap_security(strategy, data, model, clients_per_round)
         if self.privacy is not None:
             strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
                                          sampling=self.resolved_sampling, rounds=self.rounds)
-        return Built(data, strategy, model, clients_per_round, self.resolved_sampling)
+        if self.compress is not None or self.compress_down is not None:
+            from fedlab.compression import compressed
+
+            strategy = compressed(strategy, up=self.compress, down=self.compress_down,
+                                  error_feedback=self.error_feedback)
+        return Built(data, strategy, model, clients_per_round, self.resolved_sampling, attackers, extra_eval)
+
+    def _wrap_security(self, strategy, data, model, clients_per_round):
+        """The defense (robust aggregation) and the attack around the strategy (issue 13):
+        attack(robust(strategy)), so an ALIE attacker's rows go through the defense."""
+        from fedlab.security import (attack, attacker_ids, backdoor_evaluator, check_clients, default_trigger,
+                                     make_defense, parse_attack, robust)
+
+        if self.defense is not None:
+            defense = make_defense(self.defense)
+            check_clients(defense, clients_per_round)
+            strategy = robust(strategy, defense)
+        if self.attack is None:
+            return strategy, (), None
+        spec = parse_attack(self.attack)
+        ids = attacker_ids(data.num_clients, self.attackers, self.seed)
+        trigger = default_trigger(data) if spec.kind == "backdoor" else None
+        strategy = attack(strategy, spec, attackers=ids, num_clients=data.num_clients,
+                          num_classes=data.num_classes, trigger_value=trigger)
+        extra = backdoor_evaluator(model, data, spec, trigger) if spec.kind == "backdoor" else None
+        return strategy, tuple(int(i) for i in ids), extra
 
     def simulate_kwargs(self, built: Built) -> dict:
         """The keyword arguments of ``fedlab.simulate`` for this experiment."""
         return dict(rounds=self.rounds, clients_per_round=built.clients_per_round, local_steps=self.local_steps,
                     local_epochs=self.local_epochs, batch_size=self.batch_size, sampling=built.sampling,
                     stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
-                    chunk_size=self.chunk_size, model_options=None)
+                    chunk_size=self.chunk_size, model_options=None,
+                    **({"extra_eval": built.extra_eval} if built.extra_eval is not None else {}))
 
     def run(self, *, callbacks: Sequence[Callable] = (), progress: bool = True, out=None,
             checkpoint_every: int | None = None, data=None, built: Built | None = None, after=None):

@@ -60,9 +60,10 @@ class History(pd.DataFrame):
     evaluation), elapsed, and whatever the strategy reports. Attributes: ``params`` (final
     server model), ``settings`` (the run's arguments), ``status`` (one of STATUSES),
     ``message`` (why it ended, for every status but "completed"), ``state`` (the RunState after
-    the last round kept, to continue the run), ``stopped`` (status is "stopped")."""
+    the last round kept, to continue the run), ``stopped`` (status is "stopped"), ``attackers``
+    (the malicious client ids of an Experiment with an attack, else None)."""
 
-    _metadata = ["params", "settings", "status", "message", "state"]
+    _metadata = ["params", "settings", "status", "message", "state", "attackers"]
 
     @property
     def _constructor(self):
@@ -82,6 +83,8 @@ class History(pd.DataFrame):
             for col in ("test_accuracy", "train_loss", "epsilon"):
                 if col in self and pd.notna(last[col]):
                     text += f" · {col} {last[col]:.4g}"
+        if getattr(self, "attackers", None):
+            text += f" · attackers {list(self.attackers)}"
         return text
 
 
@@ -180,7 +183,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              chunk_size: int | str = "auto", callbacks: Sequence[Callable[[RoundEvent], Any]] = (),
              progress: bool = True, init_params=None, model_options: dict | None = None,
              start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
-             checkpoint_every: int | None = None, **strategy_options) -> History:
+             checkpoint_every: int | None = None, extra_eval: Callable[[Any], dict] | None = None,
+             **strategy_options) -> History:
     """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
 
     strategy: a Strategy or a registered name (then ``strategy_options`` go to its factory,
@@ -198,6 +202,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     from round k gives the rows and parameters the uninterrupted run has after round k).
     checkpoint(state) is called every ``checkpoint_every`` rounds and when the run ends for
     any reason (completed, stopped, Ctrl-C, diverged: with the last finite state, failed).
+    extra_eval(params) -> dict: more History columns on evaluated rounds (e.g. backdoor_accuracy).
 
     A run never lies: a round with a non-finite loss or non-finite parameters ends the run with
     status "diverged" (its row is not kept, the model is the last finite one); an exception in
@@ -305,6 +310,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                 bad = _non_finite(row["local_loss"], finite_params)
                 if bad is None and (r % eval_every == 0 or r == rounds):
                     row.update(evaluate(out.server_state.params))
+                    if extra_eval is not None:
+                        row.update(extra_eval(out.server_state.params))
                     bad = _non_finite(row["train_loss"], True)
             except Exception as err:    # noqa: BLE001 - reported as the run's status, rows kept
                 status, message = "failed", f"round {r}: {type(err).__name__}: {err}"
