@@ -193,7 +193,7 @@ def compressed(strategy: Strategy, *, up: str | None = None, down: str | None = 
 
     def client_final(local, client_state, info):
         out, inner_state = strategy.client_final(local, client_state.inner, info)
-        tagged = hasattr(out.update, "attacker") and isinstance(getattr(out.update, "attacker"), Held)
+        tagged = hasattr(out.update, "attacker") and isinstance(out.update.attacker, Held)
         body = out.update.update if tagged else out.update
         layout["like"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), body)
         v = _flat(body)
@@ -212,7 +212,7 @@ def compressed(strategy: Strategy, *, up: str | None = None, down: str | None = 
     def aggregate(updates, weights, key):
         like = layout["like"]
         d = sum(math.prod(x.shape) for x in jax.tree.leaves(like))
-        tagged = hasattr(updates, "attacker") and isinstance(getattr(updates, "attacker"), Held)
+        tagged = hasattr(updates, "attacker") and isinstance(updates.attacker, Held)
         payloads = updates.update if tagged else updates
         rows = jax.vmap(uplink(d).decode)(payloads)
         take = weights > 0

@@ -12,6 +12,7 @@ from scipy.stats import norm
 
 import fedlab
 from conftest import toy_data
+from fedlab.algorithms.fedavg import fedavg
 from fedlab.security import attack, attacker_ids, make_defense, robust
 from fedlab.security.attacks import alie_rows, alie_z
 
@@ -119,3 +120,140 @@ def test_alie_rows_and_z_from_the_paper():
     np.testing.assert_array_equal(np.asarray(rows)[~att], x[~att])
     # the paper's example sizes: n = 50 workers, m = 12 corrupted -> s = 14, z = Phi^-1(0.72)
     assert float(alie_z(50.0, 12.0)) == pytest.approx(norm.ppf(36 / 50), rel=1e-5)
+
+
+# ---- in the compiled round: one full-batch round of FedAvg by hand ------------------------------
+def one_round(strategy, data, **kw):
+    """One round, every client, one full-batch GD step each (lr 0.5) from zero weights."""
+    kw = {"rounds": 1, "local_epochs": 1, "batch_size": 64, "progress": False, **kw}
+    return fedlab.simulate(strategy, "logreg", data, **kw)
+
+
+def client_deltas(data, lr=0.5, labels=None, xs=None):
+    """[clients, d] deltas -lr * grad of each client at zero weights (W then b, as the engine flattens)."""
+    from test_algorithms import softmax_grads
+
+    if labels is not None or xs is not None:
+        train = [(xs[k] if xs is not None else data.client(k)[0], labels[k] if labels is not None else data.client(k)[1])
+                 for k in range(data.num_clients)]
+        data = fedlab.FederatedDataset.from_clients("edited", train, train, data.num_classes)
+    W = np.zeros((data.num_features, data.num_classes))
+    b = np.zeros(data.num_classes)
+    return np.stack([np.concatenate([-lr * gW.ravel(), -lr * gb]) for gW, gb, _ in softmax_grads(data, W, b)])
+
+
+def flat_params(params):
+    return np.concatenate([np.asarray(params["W"]).ravel(), np.asarray(params["b"])])
+
+
+def test_robust_median_in_the_round_with_padding_slots():
+    data = toy_data(num_clients=6)
+    strategy = robust(fedavg(client_lr=0.5), "median")
+    h = one_round(strategy, data, chunk_size=4)          # 8 slots for 6 clients: 2 padding slots
+    np.testing.assert_allclose(flat_params(h.params), np.median(client_deltas(data), axis=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["sign_flip", "scale:3", "free_rider", "alie", "alie:1.5"])
+def test_model_poisoning_in_the_round(spec):
+    data = toy_data(num_clients=8)
+    ids = [1, 4, 6]
+    h = one_round(attack(fedavg(client_lr=0.5), spec, attackers=ids, num_clients=8), data)
+    deltas = client_deltas(data)
+    n = data.train_counts.astype(np.float64)
+    sent = deltas.copy()
+    att = np.isin(np.arange(8), ids)
+    if spec == "sign_flip":
+        sent[att] *= -1
+    elif spec == "scale:3":
+        sent[att] *= 3
+    elif spec == "free_rider":
+        sent[att] = 0
+    else:
+        s = np.floor(8 / 2 + 1) - 3
+        z = norm.ppf((8 - s) / 8) if spec == "alie" else 1.5
+        sent[att] = deltas[~att].mean(0) + z * deltas[~att].std(0)
+        assert h["alie_z"].iloc[0] == pytest.approx(z, rel=1e-5)
+    np.testing.assert_allclose(flat_params(h.params), (n[:, None] * sent).sum(0) / n.sum(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("spec", ["label_flip", "backdoor:2,1.0"])
+def test_data_poisoning_in_the_round(spec):
+    data = toy_data(num_clients=6)
+    ids = [0, 3]
+    trigger = np.array([5.0, -5.0], np.float32)
+    h = one_round(attack(fedavg(client_lr=0.5), spec, attackers=ids, num_clients=6,
+                         num_classes=3, trigger_value=trigger), data)
+    xs = [data.client(k)[0].copy() for k in range(6)]
+    ys = [data.client(k)[1].copy() for k in range(6)]
+    for k in ids:
+        if spec == "label_flip":
+            ys[k] = 2 - ys[k]
+        else:
+            xs[k][:, -2:] = trigger
+            ys[k][:] = 2
+    n = data.train_counts.astype(np.float64)
+    expected = (n[:, None] * client_deltas(data, xs=xs, labels=ys)).sum(0) / n.sum()
+    np.testing.assert_allclose(flat_params(h.params), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_backdoor_accuracy_counts_triggered_non_target_test_rows():
+    data = toy_data(num_clients=4)
+    model = fedlab.MODELS["logreg"].factory(data.input_shape, 3)
+    params = {"W": np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32), "b": np.zeros(3, np.float32)}
+    trigger = np.array([3.0], np.float32)
+    got = fedlab.security.backdoor_evaluator(model, data, "backdoor:1", trigger)(params)["backdoor_accuracy"]
+    keep = data.y_test != 1
+    x = data.x_test[keep].copy()
+    x[:, -1] = 3.0
+    assert got == pytest.approx(np.mean(np.argmax(x @ params["W"], 1) == 1))
+
+
+def test_experiment_attack_defense_history_and_run_dir(tmp_path):
+    e = fedlab.Experiment(dataset="digits", num_clients=10, clients_per_round=10, rounds=2, attack="backdoor:7",
+                          attackers=0.3, defense="norm_clip:0.5", local_steps=2, batch_size=16)
+    h = e.run(out=tmp_path / "run", progress=False)
+    assert h.attackers == attacker_ids(10, 0.3, 0).tolist() and len(h.attackers) == 3
+    assert h.attackers == sorted(set(h.attackers))
+    assert "backdoor_accuracy" in h and h["backdoor_accuracy"].between(0, 1).all()
+    assert "defense_clipped" in h
+    assert import_json(tmp_path / "run" / "run.json")["attackers"] == h.attackers
+    assert "backdoor_accuracy" in open(tmp_path / "run" / "history.csv").readline()
+    # a different seed draws other attackers; the draw is fixed by the seed
+    assert attacker_ids(10, 0.3, 1).tolist() != h.attackers and attacker_ids(10, 0.3, 0).tolist() == h.attackers
+
+
+def import_json(path):
+    import json
+
+    return json.loads(open(path).read())
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"attack": "sign_flip", "attackers": 1.0}, "attackers must be in [0, 1)"),
+    ({"attack": "sign_flip", "attackers": -0.1}, "attackers must be in [0, 1)"),
+    ({"attack": "sign_flip", "attackers": float("nan")}, "attackers must be a finite number"),
+    ({"attackers": 0.2}, "attackers: give an attack"),
+    ({"attack": "sign_flop", "attackers": 0.2}, "attack: unknown kind 'sign_flop'"),
+    ({"attack": "scale:inf", "attackers": 0.2}, "FACTOR of scale must be a finite number"),
+    ({"attack": "backdoor:0,1.5", "attackers": 0.2}, "FRACTION must be in (0, 1]"),
+    ({"defense": "krum:x"}, "F of krum must be an integer"),
+    ({"defense": "trimmed_mean:0.7"}, "beta (defense trimmed_mean) must be in [0, 0.5)"),
+    ({"compress": "topk:0"}, "compress: topk FRACTION must be in (0, 1]"),
+    ({"compress": "topk:1.5"}, "compress: topk FRACTION must be in (0, 1]"),
+    ({"compress_down": "zip"}, "compress_down: unknown kind 'zip'"),
+    ({"compress": "qsgd:0"}, "qsgd LEVELS must be an integer in [1, 32767]"),
+    ({"error_feedback": True}, "error_feedback: needs an uplink compression"),
+    ({"defense": "median", "privacy": fedlab.Privacy(noise_multiplier=1.0)}, "defense: robust aggregation does not compose"),
+    ({"attack": "scale", "attackers": 0.1, "privacy": fedlab.Privacy(noise_multiplier=1.0)}, "model poisoning with privacy"),
+    ({"compress": "sign", "privacy": fedlab.Privacy(noise_multiplier=1.0)}, "compress: compression does not compose"),
+])
+def test_bad_security_and_compression_settings(changes, message):
+    with pytest.raises(ValueError) as err:
+        fedlab.Experiment(**changes)
+    assert message in str(err.value)
+
+
+def test_krum_f_too_large_for_the_clients_per_round_fails_at_build():
+    e = fedlab.Experiment(dataset="digits", num_clients=10, clients_per_round=6, defense="krum:2")
+    with pytest.raises(ValueError, match=r"krum:2 needs at least 7 clients per round .* got clients_per_round=6"):
+        e.build()

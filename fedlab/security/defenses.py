@@ -27,7 +27,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fedlab.core.checks import check_int, check_number
 from fedlab.core.types import Strategy, is_host_aggregator
