@@ -176,7 +176,7 @@ def test_model_poisoning_in_the_round(spec):
     np.testing.assert_allclose(flat_params(h.params), (n[:, None] * sent).sum(0) / n.sum(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("spec", ["label_flip", "backdoor:2,1.0"])
+@pytest.mark.parametrize("spec", ["label_flip", "backdoor:2,1.0", "backdoor:2,1,3"])
 def test_data_poisoning_in_the_round(spec):
     data = toy_data(num_clients=6)
     ids = [0, 3]
@@ -192,7 +192,10 @@ def test_data_poisoning_in_the_round(spec):
             xs[k][:, -2:] = trigger
             ys[k][:] = 2
     n = data.train_counts.astype(np.float64)
-    expected = (n[:, None] * client_deltas(data, xs=xs, labels=ys)).sum(0) / n.sum()
+    sent = client_deltas(data, xs=xs, labels=ys)
+    if spec.endswith(",3"):                  # boosted: model replacement
+        sent[ids] *= 3
+    expected = (n[:, None] * sent).sum(0) / n.sum()
     np.testing.assert_allclose(flat_params(h.params), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -236,6 +239,7 @@ def import_json(path):
     ({"attack": "sign_flop", "attackers": 0.2}, "attack: unknown kind 'sign_flop'"),
     ({"attack": "scale:inf", "attackers": 0.2}, "FACTOR of scale must be a finite number"),
     ({"attack": "backdoor:0,1.5", "attackers": 0.2}, "FRACTION must be in (0, 1]"),
+    ({"attack": "backdoor:0,0.5,0", "attackers": 0.2}, "BOOST must be > 0"),
     ({"defense": "krum:x"}, "F of krum must be an integer"),
     ({"defense": "trimmed_mean:0.7"}, "beta (defense trimmed_mean) must be in [0, 0.5)"),
     ({"compress": "topk:0"}, "compress: topk FRACTION must be in (0, 1]"),

@@ -286,7 +286,7 @@ class Experiment:
                                     "schedule")
     # -- issue 13: malicious clients, robust aggregation, communication compression --------------
     attack: str | None = setting(None, "what the attackers do: sign_flip | scale[:FACTOR] | gaussian[:STD] | "
-                                 "alie[:Z] | free_rider[:STD] | label_flip | backdoor[:TARGET[,FRACTION]] "
+                                 "alie[:Z] | free_rider[:STD] | label_flip | backdoor[:TARGET[,FRACTION[,BOOST]]] "
                                  "(None: no attack)", "adversaries")
     attackers: float = setting(0.0, "fraction of the clients that are attackers, in [0, 1) (a fixed subset "
                                "drawn from the seed)", "adversaries")
@@ -387,7 +387,7 @@ class Experiment:
             if self.defense is not None:
                 raise ValueError("defense: robust aggregation does not compose with privacy (DP's noised sum is "
                                  "the aggregate, calibrated to a sum of clipped updates)")
-            if self.attack is not None and not parse_attack(self.attack).poisons_data:
+            if self.attack is not None and parse_attack(self.attack).crafts_update:
                 raise ValueError("attack: model poisoning with privacy is not simulated (fedlab's DP clips in the "
                                  "client's code, which a malicious client would skip); data poisoning "
                                  "(label_flip, backdoor) works with privacy")

@@ -64,6 +64,7 @@ class History(pd.DataFrame):
     (the malicious client ids of an Experiment with an attack, else None)."""
 
     _metadata = ["params", "settings", "status", "message", "state", "attackers"]
+    attackers = None
 
     @property
     def _constructor(self):

@@ -6,9 +6,10 @@ up by ``ClientInfo.client_id`` inside the vmapped round, so there is no Python l
 
 Data poisoning (the attacker trains honestly on bad data; any strategy):
     label_flip          y -> C - 1 - y on every training row
-    backdoor[:T[,P]]    a share P (default 0.5) of each mini-batch gets a trigger (the last
+    backdoor[:T[,P[,B]]] a share P (default 0.5) of each mini-batch gets a trigger (the last
                         ``trigger_size`` input features set to ``trigger_value``, e.g. a bright
-                        patch in an image corner) and the label T (default 0)
+                        patch in an image corner) and the label T (default 0); B > 1 boosts the
+                        backdoored update by B (model replacement, Bagdasaryan et al. 2020)
 Model poisoning (the attacker sends a crafted update u' instead of its honest delta u; strategies
 whose update is a model delta):
     sign_flip           u' = -u
@@ -45,7 +46,7 @@ ATTACKS: dict[str, tuple[list, bool]] = {
     "free_rider": ([("std", float, 0.0)], False),
     "alie": ([("z", float, None)], False),
     "label_flip": ([], True),
-    "backdoor": ([("target", int, 0), ("fraction", float, 0.5)], True),
+    "backdoor": ([("target", int, 0), ("fraction", float, 0.5), ("boost", float, 1.0)], True),
 }
 
 
@@ -60,8 +61,15 @@ class Attack(NamedTuple):
         return ATTACKS[self.kind][1]
 
     @property
+    def crafts_update(self) -> bool:
+        """The attacker changes its update (model poisoning, or a boosted backdoor)."""
+        return not self.poisons_data or self.options.get("boost", 1.0) != 1.0
+
+    @property
     def spec(self) -> str:
         values = [v for v in self.options.values() if v is not None]
+        if self.kind == "backdoor" and self.options["boost"] == 1.0:
+            values = values[:2]
         return self.kind + (":" + ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
                             if values else "")
 
@@ -83,6 +91,7 @@ def parse_attack(spec) -> Attack:
     if kind == "backdoor":
         check_int(f"{where} TARGET", options["target"], 0)
         check_number(f"{where} FRACTION", options["fraction"], 0, 1, low_open=True)
+        check_number(f"{where} BOOST", options["boost"], 0, low_open=True)
     return Attack(kind, options)
 
 
@@ -157,7 +166,7 @@ def attack(strategy: Strategy, spec, *, attackers, num_clients: int, num_classes
     mask = np.zeros(num_clients, bool)
     mask[ids] = True
     is_attacker = jnp.asarray(mask)
-    if not a.poisons_data and not strategy.model_update:
+    if a.crafts_update and not strategy.model_update:
         raise ValueError(f"attack: {a.kind} crafts a model update; {strategy.name} sends more than a model "
                          "delta (model_update=False), so only data poisoning (label_flip, backdoor) applies")
     if a.kind == "alie" and strategy.aggregate is not None and is_host_aggregator(strategy.aggregate):
@@ -203,6 +212,8 @@ def attack(strategy: Strategy, spec, *, attackers, num_clients: int, num_classes
         attacker = is_attacker[info.client_id]
         if a.kind == "alie":
             out = out._replace(update=AttackUpdate(out.update, Held(attacker)))
+        elif a.kind == "backdoor" and a.crafts_update:
+            out = out._replace(update=jax.tree.map(lambda u: jnp.where(attacker, a.options["boost"] * u, u), out.update))
         elif not a.poisons_data:
             out = out._replace(update=craft(out.update, attacker, info.key))
         return out, client_state
