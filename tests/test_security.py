@@ -261,3 +261,27 @@ def test_krum_f_too_large_for_the_clients_per_round_fails_at_build():
     e = fedlab.Experiment(dataset="digits", num_clients=10, clients_per_round=6, defense="krum:2")
     with pytest.raises(ValueError, match=r"krum:2 needs at least 7 clients per round .* got clients_per_round=6"):
         e.build()
+
+
+def test_fltrust_trust_scores_and_rescaling_by_hand():
+    """Sign-flipping attackers get trust 0; the others are rescaled to ||g0|| and trust-weighted."""
+    data = toy_data(num_clients=6)
+    x0, y0 = data.client(2)
+    root_x, root_y = x0[:5], y0[:5]
+    strategy = attack(fedlab.security.fltrust(fedavg(client_lr=0.5), fedlab.MODELS["logreg"].factory((5,), 3),
+                                              root_x, root_y, batch_size=8),
+                      "sign_flip", attackers=[0, 4], num_clients=6)
+    h = one_round(strategy, data)
+    g = client_deltas(data)
+    g[[0, 4]] *= -1
+    root = fedlab.FederatedDataset.from_clients("root", [(root_x, root_y)], [(root_x, root_y)], 3)
+    g0 = client_deltas(root)[0]
+    cos = g @ g0 / (np.linalg.norm(g, axis=1) * np.linalg.norm(g0))
+    trust = np.maximum(cos, 0)
+    assert trust[0] == 0 and trust[4] == 0 and (trust > 0).sum() >= 3
+    expected = (trust[:, None] * g * (np.linalg.norm(g0) / np.linalg.norm(g, axis=1))[:, None]).sum(0) / trust.sum()
+    np.testing.assert_allclose(flat_params(h.params), expected, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="fltrust needs the server's root data"):
+        robust(fedavg(), "fltrust")
+    with pytest.raises(ValueError, match="fltrust:5000 needs 5000 clean root rows"):
+        fedlab.Experiment(dataset="digits", num_clients=10, defense="fltrust:5000").build()

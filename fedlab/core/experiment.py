@@ -460,16 +460,20 @@ class Experiment:
         """The defense (robust aggregation) and the attack around the strategy (issue 13):
         attack(robust(strategy)), so an ALIE attacker's rows go through the defense."""
         from fedlab.security import (attack, attacker_ids, backdoor_evaluator, check_clients, default_trigger,
-                                     make_defense, parse_attack, robust)
+                                     fltrust, make_defense, parse_attack, robust, root_set)
 
+        spec = parse_attack(self.attack) if self.attack is not None else None
+        ids = attacker_ids(data.num_clients, self.attackers, self.seed) if spec is not None else np.zeros(0, int)
         if self.defense is not None:
             defense = make_defense(self.defense)
             check_clients(defense, clients_per_round)
-            strategy = robust(strategy, defense)
-        if self.attack is None:
+            if defense.name == "fltrust":
+                root_x, root_y = root_set(data, int(defense.spec.split(":")[1]), ids, self.seed)
+                strategy = fltrust(strategy, model, root_x, root_y, batch_size=self.batch_size)
+            else:
+                strategy = robust(strategy, defense)
+        if spec is None:
             return strategy, (), None
-        spec = parse_attack(self.attack)
-        ids = attacker_ids(data.num_clients, self.attackers, self.seed)
         trigger = default_trigger(data) if spec.kind == "backdoor" else None
         strategy = attack(strategy, spec, attackers=ids, num_clients=data.num_clients,
                           num_classes=data.num_classes, trigger_value=trigger)

@@ -6,7 +6,7 @@
 """
 from fedlab.security.attacks import (ATTACKS, Attack, attack, attacker_ids, backdoor_evaluator, default_trigger,
                                      parse_attack, stamp_trigger)
-from fedlab.security.defenses import DEFENSES, Defense, check_clients, make_defense, robust
+from fedlab.security.defenses import DEFENSES, Defense, check_clients, fltrust, make_defense, robust, root_set
 
 __all__ = ["ATTACKS", "DEFENSES", "Attack", "Defense", "attack", "attacker_ids", "backdoor_evaluator",
-           "check_clients", "default_trigger", "make_defense", "parse_attack", "robust", "stamp_trigger"]
+           "check_clients", "default_trigger", "fltrust", "make_defense", "parse_attack", "robust", "root_set", "stamp_trigger"]

@@ -16,6 +16,8 @@ is written with masks and sorts over the static [slots] axis, never a Python loo
                       left), then per coordinate the mean of the beta = theta - 2F values closest
                       to their median (El Mhamdi et al. 2018; Flower); needs m >= 4F + 3
     norm_clip:C       each update clipped to L2 norm C, then the n_k-weighted mean (Sun et al. 2019)
+    fltrust:R         FLTrust (Cao et al. 2021): trust ReLU(cos(g_k, g0)) against the update g0 the server
+                      computes on its own clean root set of R rows; updates rescaled to ||g0||
 
 Median, trimmed mean, Krum and Bulyan weigh clients equally, as in their papers; Multi-Krum and
 norm clipping keep FedAvg's n_k weights.
@@ -27,6 +29,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedlab.core.checks import check_int, check_number
 from fedlab.core.types import Strategy, is_host_aggregator
@@ -185,6 +188,8 @@ DEFENSES: dict[str, tuple[Callable, list]] = {
     "multikrum": (multikrum, [("f", int, 1), ("m", int, 1)]),
     "bulyan": (bulyan, [("f", int, 1)]),
     "norm_clip": (norm_clip, [("c", float, 1.0)]),
+    "fltrust": (lambda root: Defense("fltrust", None, 1, f"fltrust:{check_int('root (defense fltrust)', root, 1)}"),
+                [("root", int, 100)]),
 }
 
 
@@ -257,6 +262,9 @@ def robust(strategy: Strategy, defense) -> Strategy:
     """``strategy`` aggregated by ``defense`` (a Defense or a spec such as 'krum:2') instead of the
     weighted mean. The strategy must send a model delta (model_update) and use the engine's mean."""
     defense = make_defense(defense)
+    if defense.aggregate is None:
+        raise ValueError("defense: fltrust needs the server's root data and the model: use "
+                         "fltrust(strategy, model, root_x, root_y) (an Experiment does this itself)")
     if not isinstance(strategy, Strategy):
         raise ValueError(f"strategy must be a fedlab Strategy, got {type(strategy).__name__}")
     if strategy.aggregate is not None:
@@ -274,3 +282,79 @@ def robust(strategy: Strategy, defense) -> Strategy:
         return unflatten_row(row, updates), metrics
 
     return strategy._replace(name=f"robust({strategy.name}, {defense.spec})", aggregate=aggregate)
+
+
+# ---- FLTrust: trust from the server's own clean root data -------------------------------------------
+class StackedRows(NamedTuple):
+    """FLTrust's aggregate: the rows themselves, reduced in server_update where the model is known."""
+
+    rows: jax.Array       # [slots, d]
+    take: jax.Array       # [slots] participants
+
+
+def fltrust(strategy: Strategy, model, root_x, root_y, *, batch_size: int = 32) -> Strategy:
+    """FLTrust (Cao et al. 2021): each round the server trains on its small clean root set with the
+    strategy's own local training (one pass in batches of ``batch_size``, from the global model) to get
+    g0; client k's trust is ReLU(cos(g_k, g0)); each g_k is rescaled to ||g0|| and the aggregate is
+    sum_k TS_k g_k ||g0|| / ||g_k|| / sum_k TS_k (0 when every trust is 0).
+    root_x: [r, *input_shape], root_y: [r]."""
+    from fedlab.core.types import Batch, ClientInfo
+
+    if strategy.aggregate is not None or not strategy.model_update:
+        raise ValueError(f"defense: fltrust needs a strategy that sends a model delta and uses the weighted "
+                         f"mean; {strategy.name} does not")
+    batch_size = check_int("batch_size", batch_size, 1)
+    root_x = jnp.asarray(root_x, jnp.float32)
+    root_y = jnp.asarray(root_y)
+    r = int(root_y.shape[0])
+    if r < 1:
+        raise ValueError("defense: fltrust needs a root set of at least 1 row")
+    steps = -(-r // batch_size)
+    pad = steps * batch_size - r
+    xs = jnp.concatenate([root_x, jnp.zeros((pad,) + root_x.shape[1:], root_x.dtype)]).reshape(
+        (steps, batch_size) + root_x.shape[1:])
+    ys = jnp.concatenate([root_y, jnp.zeros((pad,), root_y.dtype)]).reshape(steps, batch_size)
+    ms = (jnp.arange(steps * batch_size) < r).astype(jnp.float32).reshape(steps, batch_size)
+
+    def aggregate(updates, weights, key):
+        return StackedRows(flatten_rows(updates), weights > 0), {}
+
+    def server_update(state, agg):
+        broadcast = strategy.broadcast(state)
+        params = state.params
+        info = ClientInfo(jnp.asarray(r, jnp.int32), jnp.asarray(steps, jnp.int32), jnp.asarray(steps, jnp.int32),
+                          jax.random.key(0), 1.0, -1)
+        local = strategy.client_init(broadcast, strategy.client_state_init(params), info)
+
+        def step(local, batch):
+            return strategy.client_step(local, Batch(*batch), model.loss)[0], None
+
+        local, _ = jax.lax.scan(step, local, (xs, ys, ms))
+        out, _ = strategy.client_final(local, strategy.client_state_init(params), info)
+        g0 = flatten_rows(jax.tree.map(lambda u: u[None], out.update))[0]
+        g0_norm = jnp.sqrt(jnp.sum(g0 ** 2))
+        rows = jnp.where(agg.take[:, None], agg.rows, 0.0)
+        norms = jnp.sqrt(jnp.sum(rows ** 2, axis=1))
+        cos = rows @ g0 / jnp.maximum(norms * g0_norm, 1e-30)
+        trust = jnp.where(agg.take, jax.nn.relu(cos), 0.0)
+        scaled = rows * (g0_norm / jnp.maximum(norms, 1e-30))[:, None]
+        mean = jnp.sum(trust[:, None] * scaled, 0) / jnp.maximum(jnp.sum(trust), 1e-30)
+        one = jax.tree.map(lambda u: jax.ShapeDtypeStruct((1,) + u.shape, u.dtype), out.update)
+        return strategy.server_update(state, unflatten_row(mean, one))
+
+    return strategy._replace(name=f"fltrust({strategy.name})", aggregate=aggregate, server_update=server_update)
+
+
+def root_set(data, size: int, attackers, seed: int):
+    """FLTrust's clean root set: ``size`` training rows drawn (from the seed) among the clients that
+    are not attackers. Returns (x [size, ...], y [size])."""
+    honest = np.ones(data.num_clients, bool)
+    honest[np.asarray(attackers, int)] = False
+    rows = np.concatenate([np.arange(data.train_offsets[k], data.train_offsets[k + 1])
+                           for k in np.flatnonzero(honest)]).astype(np.int64)
+    if size > len(rows):
+        raise ValueError(f"defense: fltrust:{size} needs {size} clean root rows, but the honest clients hold "
+                         f"only {len(rows)}")
+    order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(seed), 0x7257), len(rows)))
+    pick = np.sort(rows[order[:size]])
+    return data.x_train[pick], data.y_train[pick]
