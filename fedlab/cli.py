@@ -57,7 +57,15 @@ def _defaults_text(defaults: dict[str, object]) -> str:
     return "default " + "; ".join(f"{text} ({', '.join(names)})" for text, names in by_value.items())
 
 
+def _bool_text(text: str) -> bool:
+    if text.lower() not in ("0", "1", "true", "false"):
+        raise argparse.ArgumentTypeError(f"must be true or false, got {text!r}")
+    return text.lower() in ("1", "true")
+
+
 def _field_type(field: dataclasses.Field):
+    if isinstance(field.default, bool):
+        return _bool_text
     if field.name == "chunk_size":
         return lambda v: v if v == "auto" else int(v)
     default = field.default
@@ -96,12 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "flags given as well override its settings")
     g.add_argument("--resume", metavar="DIR", help="continue the run in DIR up to --rounds rounds in total, "
                                                    "appending to DIR/history.csv")
-    groups = {name: run.add_argument_group(name) for name in ("data", "model", "algorithm", "schedule")}
+    groups = {name: run.add_argument_group(name) for name in ("data", "model", "algorithm", "schedule",
+                                                               "adversaries", "communication")}
     for field in dataclasses.fields(Experiment):
         if flag_of(field) and field.metadata["group"] in groups:
+            extra = {"nargs": "?", "const": True} if isinstance(field.default, bool) else {}
             groups[field.metadata["group"]].add_argument(flag_of(field), dest=field.name, type=_field_type(field),
                                                          metavar=_metavar(field), help=_help(field),
-                                                         choices=field.metadata["choices"])
+                                                         choices=field.metadata["choices"], **extra)
     groups["data"].add_argument("--target", help="target column of a csv:PATH dataset")
     for title, registry in (("model options (each applies to the models that take it)", MODELS),
                             ("algorithm options (each applies to the algorithms that take it)", ALGORITHMS)):

@@ -29,7 +29,7 @@ from fedlab.core.registry import parse_spec as registry_parse_spec
 
 REGISTRIES = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}
 AUTO_GENERATED_ABOVE = 5000   # issue 15: client_data="auto" generates synthetic populations larger than this
-GROUPS = ("data", "model", "algorithm", "schedule", "privacy")
+GROUPS = ("data", "model", "algorithm", "schedule", "adversaries", "communication", "privacy")
 
 
 def setting(default, help: str, group: str, flag: str | None = None, choices: tuple | None = None, **kw):
@@ -208,6 +208,8 @@ class Built(NamedTuple):
     clients_per_round: int
     sampling: str
     new_clients: Any = None      # the held-out clients' FederatedDataset (holdout_clients > 0)
+    attackers: tuple = ()                 # the attacker client ids (issue 13)
+    extra_eval: Any = None                # params -> dict of extra History columns (backdoor_accuracy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,6 +266,20 @@ class Experiment:
                                f"{AUTO_GENERATED_ABOVE} clients of a synthetic dataset, else memory)", "data")
     eval_clients: int | None = setting(None, "evaluate on a fixed random sample of this many clients (default: "
                                        "all in memory; 1000 for generated data)", "data")
+    # -- issue 13: malicious clients, robust aggregation, communication compression --------------
+    attack: str | None = setting(None, "what the attackers do: sign_flip | scale[:FACTOR] | gaussian[:STD] | "
+                                 "alie[:Z] | free_rider[:STD] | label_flip | backdoor[:TARGET[,FRACTION[,BOOST]]] "
+                                 "(None: no attack)", "adversaries")
+    attackers: float = setting(0.0, "fraction of the clients that are attackers, in [0, 1) (a fixed subset "
+                               "drawn from the seed)", "adversaries")
+    defense: str | None = setting(None, "robust aggregation: median | trimmed_mean:BETA | krum:F | multikrum:F,M | "
+                                  "bulyan:F | norm_clip:C (None: the weighted mean)", "adversaries")
+    compress: str | None = setting(None, "uplink compression of each update: topk:FRAC | randk:FRAC | qsgd:LEVELS | "
+                                   "sign (None: float32)", "communication")
+    compress_down: str | None = setting(None, "compression of the broadcast model (same kinds as compress)",
+                                        "communication")
+    error_feedback: bool = setting(False, "keep what uplink compression dropped as client state and send it "
+                                   "next time", "communication")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -277,6 +293,9 @@ class Experiment:
                 set_(f"{kind}_options", {**options, **dict(getattr(self, f"{kind}_options"))})
         if isinstance(self.privacy, dict):
             set_("privacy", Privacy(**self.privacy))
+        for name in ("attack", "defense", "compress", "compress_down"):
+            if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
+                set_(name, None)              # an empty text box means off
         for kind in ("dataset", "partition", "model", "algorithm"):
             options = getattr(self, f"{kind}_options")
             set_(f"{kind}_options", dict(options) if isinstance(options, dict) else options)
@@ -341,6 +360,39 @@ class Experiment:
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
             raise ValueError("sampling: the pld accountant needs poisson sampling")
         self._strategy_without_privacy()       # the factory's own range checks (mu >= 0, ...)
+        self._validate_security_and_compression()
+
+    def _validate_security_and_compression(self) -> None:
+        """attack / attackers / defense / compress* (issue 13); specs stored canonically."""
+        from fedlab.compression import canonical_spec
+        from fedlab.security import make_defense, parse_attack
+
+        set_ = lambda name, value: object.__setattr__(self, name, value)   # noqa: E731 (frozen)
+        check_number("attackers", self.attackers, 0, 1, high_open=True)
+        if self.attack is not None:
+            set_("attack", parse_attack(self.attack).spec)
+        elif self.attackers > 0:
+            raise ValueError("attackers: give an attack (e.g. attack='sign_flip') for the attackers to run")
+        if self.defense is not None:
+            set_("defense", make_defense(self.defense).spec)
+        for name in ("compress", "compress_down"):
+            if getattr(self, name) is not None:
+                set_(name, canonical_spec(getattr(self, name), name))
+        if not isinstance(self.error_feedback, bool):
+            raise ValueError(f"error_feedback must be true or false, got {self.error_feedback!r}")
+        if self.error_feedback and self.compress is None:
+            raise ValueError("error_feedback: needs an uplink compression (compress)")
+        if self.privacy is not None:
+            if self.defense is not None:
+                raise ValueError("defense: robust aggregation does not compose with privacy (DP's noised sum is "
+                                 "the aggregate, calibrated to a sum of clipped updates)")
+            if self.attack is not None and parse_attack(self.attack).crafts_update:
+                raise ValueError("attack: model poisoning with privacy is not simulated (fedlab's DP clips in the "
+                                 "client's code, which a malicious client would skip); data poisoning "
+                                 "(label_flip, backdoor) works with privacy")
+            if self.compress is not None or self.compress_down is not None:
+                raise ValueError("compress: compression does not compose with central DP here (error feedback and "
+                                 "QSGD can raise the clipped norm the noise is calibrated to)")
 
     def replace(self, **changes) -> "Experiment":
         """A copy with ``changes`` (validated like a new Experiment)."""
@@ -423,10 +475,41 @@ class Experiment:
                                  f"an equal share of the round's clients), got {self.devices}")
         model = resolve_model(self.model, data, self.model_options)
         strategy = self._strategy_without_privacy()
+        strategy, attackers, extra_eval = self._wrap_security(strategy, data, model, clients_per_round)
         if self.privacy is not None:
             strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
                                          sampling=self.resolved_sampling, rounds=self.rounds)
-        return Built(data, strategy, model, clients_per_round, self.resolved_sampling, new_clients)
+        if self.compress is not None or self.compress_down is not None:
+            from fedlab.compression import compressed
+
+            strategy = compressed(strategy, up=self.compress, down=self.compress_down,
+                                  error_feedback=self.error_feedback)
+        return Built(data, strategy, model, clients_per_round, self.resolved_sampling, new_clients=new_clients,
+                     attackers=attackers, extra_eval=extra_eval)
+
+    def _wrap_security(self, strategy, data, model, clients_per_round):
+        """The defense (robust aggregation) and the attack around the strategy (issue 13):
+        attack(robust(strategy)), so an ALIE attacker's rows go through the defense."""
+        from fedlab.security import (attack, attacker_ids, backdoor_evaluator, check_clients, default_trigger,
+                                     fltrust, make_defense, parse_attack, robust, root_set)
+
+        spec = parse_attack(self.attack) if self.attack is not None else None
+        ids = attacker_ids(data.num_clients, self.attackers, self.seed) if spec is not None else np.zeros(0, int)
+        if self.defense is not None:
+            defense = make_defense(self.defense)
+            check_clients(defense, clients_per_round)
+            if defense.name == "fltrust":
+                root_x, root_y = root_set(data, int(defense.spec.split(":")[1]), ids, self.seed)
+                strategy = fltrust(strategy, model, root_x, root_y, batch_size=self.batch_size)
+            else:
+                strategy = robust(strategy, defense)
+        if spec is None:
+            return strategy, (), None
+        trigger = default_trigger(data) if spec.kind == "backdoor" else None
+        strategy = attack(strategy, spec, attackers=ids, num_clients=data.num_clients,
+                          num_classes=data.num_classes, trigger_value=trigger)
+        extra = backdoor_evaluator(model, data, spec, trigger) if spec.kind == "backdoor" else None
+        return strategy, tuple(int(i) for i in ids), extra
 
     def simulate_kwargs(self, built: Built) -> dict:
         """The keyword arguments of ``fedlab.simulate`` for this experiment."""
@@ -435,7 +518,8 @@ class Experiment:
                     stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
                     chunk_size=self.chunk_size, model_options=None, finetune_steps=self.finetune_steps,
                     finetune_lr=self.finetune_lr, new_clients=built.new_clients, adapt_steps=self.adapt_steps,
-                    devices=self.devices, eval_clients=self.eval_clients)
+                    devices=self.devices, eval_clients=self.eval_clients,
+                    **({"extra_eval": built.extra_eval} if built.extra_eval is not None else {}))
 
     @property
     def finetune_lr(self) -> float:

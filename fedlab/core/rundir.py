@@ -130,9 +130,9 @@ class RunWriter:
             table.to_csv(f, index=False)
         os.replace(tmp, self.path / "history.csv")
 
-    def finish(self, status: str, message: str, rounds_done: int) -> None:
+    def finish(self, status: str, message: str, rounds_done: int, **extra) -> None:
         self._write_text("run.json", json.dumps({"status": status, "message": message,
-                                                 "rounds_done": rounds_done}, indent=2) + "\n")
+                                                 "rounds_done": rounds_done, **extra}, indent=2) + "\n")
 
 
 def execute(experiment, built, writer: RunWriter | None, *, callbacks=(), progress=True,
@@ -163,8 +163,10 @@ def execute(experiment, built, writer: RunWriter | None, *, callbacks=(), progre
             setattr(table, name, getattr(history, name))
         history = table
     history.settings = experiment.to_dict()
+    history.attackers = list(built.attackers) if experiment.attack is not None else None
     if writer is not None:
-        writer.finish(history.status, history.message, history.state.round)
+        writer.finish(history.status, history.message, history.state.round,
+                      **({"attackers": history.attackers} if history.attackers is not None else {}))
     return history
 
 

@@ -62,9 +62,11 @@ class History(pd.DataFrame):
     server model), ``settings`` (the run's arguments), ``status`` (one of STATUSES),
     ``message`` (why it ended, for every status but "completed"), ``state`` (the RunState after
     the last round kept, to continue the run), ``per_client`` (one row per client with the final
-    model: examples, losses, test accuracy), ``stopped`` (status is "stopped")."""
+    model: examples, losses, test accuracy), ``stopped`` (status is "stopped"), ``attackers``
+    (the malicious client ids of an Experiment with an attack, else None)."""
 
-    _metadata = ["params", "settings", "status", "message", "state", "per_client"]
+    _metadata = ["params", "settings", "status", "message", "state", "per_client", "attackers"]
+    attackers = None
 
     @property
     def _constructor(self):
@@ -84,6 +86,8 @@ class History(pd.DataFrame):
             for col in ("test_accuracy", "train_loss", "epsilon"):
                 if col in self and pd.notna(last[col]):
                     text += f" · {col} {last[col]:.4g}"
+        if getattr(self, "attackers", None):
+            text += f" · attackers {list(self.attackers)}"
         return text
 
 
@@ -199,6 +203,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
              checkpoint_every: int | None = None, finetune_steps: int = 0, finetune_lr: float | None = None,
              new_clients=None, adapt_steps: int = 0, devices: int = 1, eval_clients: int | None = None,
+             extra_eval: Callable[[Any], dict] | None = None,
              **strategy_options) -> History:
     """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
 
@@ -217,6 +222,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     from round k gives the rows and parameters the uninterrupted run has after round k).
     checkpoint(state) is called every ``checkpoint_every`` rounds and when the run ends for
     any reason (completed, stopped, Ctrl-C, diverged: with the last finite state, failed).
+    extra_eval(params) -> dict: more History columns on evaluated rounds (e.g. backdoor_accuracy).
 
     Every evaluated row has personal_acc_{mean,p10,p50,p90}: each client's test accuracy with
     the model it uses (``fedlab.core.personal``), after ``finetune_steps`` steps of fine-tuning
@@ -372,6 +378,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                 bad = _non_finite(row["local_loss"], finite_params)
                 if bad is None and (r % eval_every == 0 or r == rounds):
                     row.update(evaluate(out.server_state.params))
+                    if extra_eval is not None:
+                        row.update(extra_eval(out.server_state.params))
                     bad = _non_finite(row["train_loss"], True) if strategy.global_model else None
                     if not strategy.global_model:       # no global model (islands): nothing to report
                         row.update({c: math.nan for c in _COLUMNS[4:15] if c in row})

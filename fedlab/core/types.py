@@ -47,7 +47,9 @@ class ClientInfo(NamedTuple):
     num_examples: n_k, the client's training examples; num_steps: local steps it will do this
     round (fewer than full_steps for a straggler); full_steps: the steps asked of everyone;
     key: the client's own PRNG key for this round; sampled_fraction: clients sampled this
-    round / clients in the federation (|S| / N, e.g. SCAFFOLD's control-variate step).
+    round / clients in the federation (|S| / N, e.g. SCAFFOLD's control-variate step);
+    client_id: the client's index in the federation (e.g. to look up per-client roles, such as
+    which clients are attackers).
     """
 
     num_examples: jax.Array
@@ -55,6 +57,7 @@ class ClientInfo(NamedTuple):
     full_steps: jax.Array
     key: jax.Array
     sampled_fraction: jax.Array | float = 1.0
+    client_id: jax.Array | int = 0
 
 
 class ClientOutput(NamedTuple):
@@ -162,6 +165,16 @@ class Model(NamedTuple):
         return jnp.sum(per_example * batch.mask) / jnp.maximum(jnp.sum(batch.mask), 1e-12)
 
 
+class Held(NamedTuple):
+    """A part of a message that the receiver already holds (e.g. the model a client kept from the
+    previous broadcast, or a simulation-only tag): it travels in the simulation but is not counted
+    in the bytes sent (``tree_nbytes``)."""
+
+    value: Any
+
+
 def tree_nbytes(tree) -> int:
-    """Bytes needed to send ``tree`` (shapes and dtypes only; works on abstract values)."""
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+    """Bytes needed to send ``tree`` (shapes and dtypes only; works on abstract values); parts
+    wrapped in ``Held`` are not sent."""
+    leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, Held))
+    return int(sum(x.size * x.dtype.itemsize for x in leaves if not isinstance(x, Held)))
