@@ -115,7 +115,8 @@ class PersonalEvaluator:
                     return None, jax.vmap(one, (None, None, 0, None))(server_state, client_states, cids, key)
                 xs = safe.reshape(-1, C)
             else:
-                states = jax.tree.map(lambda s: s[safe].reshape((-1, C) + s.shape[1:]), client_states)
+                states = jax.tree.map(lambda s: s[safe].reshape(((K + padded) // C, C) + s.shape[1:]),
+                                      client_states)           # explicit: a state leaf may be empty
 
                 def chunk(_, xs):
                     cstates, cids = xs
