@@ -235,8 +235,10 @@ def run(args) -> int:
         print(f"fedlab: {history.message}{hint} ({len(history)} rounds kept in {out})", file=sys.stderr)
         return EXIT[history.status]
     last = history.iloc[-1]
-    print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, test accuracy "
-          f"{last.get('test_accuracy', float('nan')):.4f}, train loss {last['train_loss']:.4f}, "
+    score = (f"test RMSE {last['test_rmse']:.4g}, MAE {last['test_mae']:.4g}, R2 {last['test_r2']:.4f}"
+             if "test_rmse" in history else f"test accuracy {last.get('test_accuracy', float('nan')):.4f}")
+    print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, {score}, "
+          f"train loss {last['train_loss']:.4f}, "
           f"{history['seconds'].sum():.2f} s training"
           + (f", epsilon {last['epsilon']:.4g} (delta {experiment.privacy.delta:g})" if "epsilon" in history else "")
           + f"; wrote {out}/history.csv, report.html, experiment.json")

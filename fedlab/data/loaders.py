@@ -40,7 +40,7 @@ def _missing(columns, available, param: str) -> None:
 
 def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: str | None = None,
                    *, categorical=(), log_columns=(), task: str = "auto", impute: bool = True,
-                   balance: bool = False, max_levels: int = 200,
+                   balance: bool = False, max_levels: int = 200, standardize_target: bool = True,
                    name: str = "dataframe") -> CentralDataset:
     """Encode a table as a CentralDataset (then ``federate`` it, or use ``load_federated``).
 
@@ -52,8 +52,12 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
     than 50 distinct values, else classification); impute: fill missing features (else they raise); balance: weigh each
     training example by N / (classes * count of its class); max_levels: most distinct
     values a categorical feature may have (an ID or free-text column would explode the
-    one-hot encoding).
+    one-hot encoding); standardize_target: a regression target is stored as z-scores, with its
+    (mean, std) in ``target_scale`` so RMSE and MAE are reported in the raw units.
     """
+    encoding = dict(target=target, features=features, client_column=client_column, categorical=tuple(categorical),
+                    log_columns=tuple(log_columns), task=task, impute=impute, balance=balance,
+                    max_levels=max_levels, standardize_target=standardize_target, name=name)
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
     if len(df) == 0:
@@ -95,9 +99,14 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
             raise ValueError(f"target: regression needs a numeric column, {target!r} is {y_raw.dtype}")
-        y, num_classes, class_names = y_raw.to_numpy(np.float32), 0, None
+        y, num_classes, class_names = y_raw.to_numpy(np.float64), 0, None
         if not np.all(np.isfinite(y)):
             raise ValueError(f"target: column {target!r} has infinite values")
+        if standardize_target:
+            target_scale = (float(y.mean()), float(y.std()) if y.std() > 0 else 1.0)
+            y = (y - target_scale[0]) / target_scale[1]
+        y = y.astype(np.float32)
+    target_scale = None if num_classes > 0 or not standardize_target else target_scale
     if balance and num_classes == 0:
         raise ValueError("balance: class weights need a classification target")
 
@@ -160,7 +169,7 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
         counts = np.bincount(y, minlength=num_classes)
         weights = (len(y) / (np.count_nonzero(counts) * counts[y])).astype(np.float32)
     return CentralDataset(name, x, y, num_classes, tuple(names), df.reset_index(drop=True),
-                          client_ids, client_names, weights, class_names, target)
+                          client_ids, client_names, weights, class_names, target, target_scale, encoding)
 
 
 def from_csv(path, target: str, features=None, client_column: str | None = None,

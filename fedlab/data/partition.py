@@ -46,6 +46,8 @@ class CentralDataset:
     weights: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
     target: str | None = None
+    target_scale: tuple[float, float] | None = None      # regression: (mean, std) of the raw target
+    encoding: dict | None = None      # from_dataframe's arguments, to re-encode ``columns`` (quality)
 
     def __post_init__(self):
         n = len(self.y)
@@ -413,4 +415,4 @@ def federate(central: CentralDataset, partition_spec: str, num_clients: int | No
         x_train=x[tr], y_train=central.y[rows[tr]], train_offsets=_offsets(sizes - n_test),
         x_test=x[te], y_test=central.y[rows[te]], test_offsets=_offsets(n_test),
         num_classes=central.num_classes, client_names=part.client_names,
-        feature_names=central.feature_names, train_weights=weights)
+        feature_names=central.feature_names, train_weights=weights, target_scale=central.target_scale)
