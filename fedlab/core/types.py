@@ -47,7 +47,8 @@ class ClientInfo(NamedTuple):
     num_examples: n_k, the client's training examples; num_steps: local steps it will do this
     round (fewer than full_steps for a straggler); full_steps: the steps asked of everyone;
     key: the client's own PRNG key for this round; sampled_fraction: clients sampled this
-    round / clients in the federation (|S| / N, e.g. SCAFFOLD's control-variate step).
+    round / clients in the federation (|S| / N, e.g. SCAFFOLD's control-variate step);
+    client_id: the client's index in the federation (e.g. per-client aggregation weights).
     """
 
     num_examples: jax.Array
@@ -55,6 +56,7 @@ class ClientInfo(NamedTuple):
     full_steps: jax.Array
     key: jax.Array
     sampled_fraction: jax.Array | float = 1.0
+    client_id: jax.Array | int = 0
 
 
 class ClientOutput(NamedTuple):

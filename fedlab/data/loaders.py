@@ -296,6 +296,18 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
     if (not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool)
             or not 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction: must be in [0, 1), got {test_fraction}")
+    data, partition, num_clients, key = load_central(dataset, partition, num_clients, seed, target)
+    if not isinstance(data, FederatedDataset):
+        data = federate(data, partition, num_clients, key, test_fraction)
+    for message in data.check():
+        warnings.warn(message, stacklevel=2)
+    return data
+
+
+def load_central(dataset: str, partition: str | None = None, num_clients: int | None = None, seed: int = 0,
+                 target: str | None = None):
+    """The dataset before federation: (CentralDataset or, for npz, FederatedDataset, the partition
+    spec and num_clients resolved to their defaults, the key ``federate`` takes)."""
     if partition is not None:
         parse_spec(partition, PARTITIONS, "partition",
                    whole_rest=("column",))
@@ -319,7 +331,4 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
             partition = "natural" if data.client_ids is not None else "iid"
         if num_clients is None and not partition.startswith(("natural", "column")):
             num_clients = min(DEFAULT_CLIENTS, data.num_examples)
-        data = federate(data, partition, num_clients, _random.subkey(key, 1), test_fraction)
-    for message in data.check():
-        warnings.warn(message, stacklevel=2)
-    return data
+    return data, partition, num_clients, _random.subkey(key, 1)
