@@ -383,16 +383,16 @@ class Experiment:
     def _strategy_without_privacy(self):
         return ALGORITHMS[self.algorithm].factory(**self.algorithm_options)
 
-    def load_tables(self):
+    def load_tables(self, exclude=None):
         """The data with its clients' raw training tables and what was corrupted
-        (``fedlab.data.quality.Tables``)."""
+        (``fedlab.data.quality.Tables``); exclude: clients the encoding's statistics leave out."""
         from fedlab.data import quality
 
         options = dict(self.dataset_options)
         target = options.pop("target", None) if self.dataset == "csv" else None
         return quality.load_tables(spec_of("dataset", self.dataset, options) if options else self.dataset,
                                    self.partition_spec, self.num_clients, self.seed, target, self.test_fraction,
-                                   self.corrupt, self.corrupt_clients)
+                                   self.corrupt, self.corrupt_clients, exclude)
 
     def quality_report(self, data=None):
         """The data-quality audit of this experiment's clients (``fedlab.data.quality.audit``): one
@@ -402,7 +402,8 @@ class Experiment:
 
         tables = self.load_tables() if data is None else quality.tables_from_arrays(data)
         model = resolve_model(self.model, tables.data, self.model_options)
-        return quality.audit(tables, model, seed=self.seed, threshold=self.quality_threshold)
+        return quality.audit(tables, model, rounds=min(20, self.rounds), seed=self.seed,
+                             threshold=self.quality_threshold)
 
     def load_data(self):
         """The federated dataset these settings describe (deterministic given the seed)."""
@@ -439,8 +440,12 @@ class Experiment:
             data = tables.data
             for warning in data.check():
                 warnings.warn(warning, stacklevel=2)
-            report = quality.audit(tables, resolve_model(self.model, data, self.model_options), seed=self.seed,
-                                   threshold=self.quality_threshold)
+            report = quality.audit(tables, resolve_model(self.model, data, self.model_options),
+                                   rounds=min(20, self.rounds), seed=self.seed, threshold=self.quality_threshold)
+            flagged = report["flagged"].to_numpy(bool)
+            if flagged.any() and not flagged.all() and quality._is_table(self.dataset):
+                # the shared encoding (standardisation, imputation, class weights) without the flagged
+                data = self.load_tables(exclude=flagged).data
         elif data is None:
             data = self.load_data()                  # load_federated checks it (data.check())
         else:

