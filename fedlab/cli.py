@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         kind = ({"action": "store_true"} if isinstance(field.default, bool)
                 else {"type": _field_type(field), "metavar": _metavar(field), "choices": field.metadata["choices"]})
         g.add_argument(flag_of(field), dest="dp:" + field.name, help=_help(field), **kind)
+    _add_quality_parser(sub)
     g = run.add_argument_group("output")
     g.add_argument("--out", default="fedlab-run", help="output directory (default fedlab-run)")
     g.add_argument("--checkpoint-every", type=int, metavar="K",
@@ -136,6 +137,44 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--compilation-cache", action="store_true",
                    help="keep compiled rounds on disk ($FEDLAB_CACHE or ~/.cache/fedlab/jax): repeat runs start fast")
     return parser
+
+
+QUALITY_FIELDS = ("dataset", "partition", "num_clients", "test_fraction", "seed", "model", "corrupt",
+                  "corrupt_clients", "quality_threshold")
+
+
+def _add_quality_parser(sub) -> None:
+    q = sub.add_parser("quality", help="audit each client's data quality from shareable summary statistics; "
+                                       "writes DIR/quality.csv and DIR/quality.html (a clients x checks heatmap)",
+                       argument_default=argparse.SUPPRESS)
+    for field in dataclasses.fields(Experiment):
+        if field.name in QUALITY_FIELDS:
+            q.add_argument(flag_of(field), dest=field.name, type=_field_type(field), metavar=_metavar(field),
+                           help=_help(field))
+    q.add_argument("--target", help="target column of a csv:PATH dataset")
+    q.add_argument("--out", default="fedlab-quality", help="output directory (default fedlab-quality)")
+
+
+def quality(args) -> int:
+    from fedlab.data.quality import detection_scores, write_quality
+
+    given = vars(args)
+    values = {name: given[name] for name in QUALITY_FIELDS if name in given}
+    if "target" in given:
+        values["dataset_options"] = {"target": given["target"]}
+    experiment = Experiment.from_dict(values)
+    out = given.get("out", "fedlab-quality")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CliError(f"--out: {out!r} is a file, not a directory")
+    report = experiment.quality_report()
+    write_quality(report, out, experiment.quality_threshold, title=f"fedlab quality: {experiment.dataset_spec}")
+    text = f"{int(report['flagged'].sum())} of {len(report)} clients flagged"
+    if report["corrupted"].any():
+        d = detection_scores(report)
+        text += (f" ({int(report['corrupted'].sum())} corrupted; precision {d['precision']:.2f}, "
+                 f"recall {d['recall']:.2f})")
+    print(f"{text}; wrote {out}/quality.csv, quality.html")
+    return 0
 
 
 def experiment_from_args(args: argparse.Namespace) -> Experiment:
@@ -247,8 +286,10 @@ def run(args) -> int:
         print(f"fedlab: {history.message}{hint} ({len(history)} rounds kept in {out})", file=sys.stderr)
         return EXIT[history.status]
     last = history.iloc[-1]
-    print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, test accuracy "
-          f"{last.get('test_accuracy', float('nan')):.4f}, train loss {last['train_loss']:.4f}, "
+    score = (f"test RMSE {last['test_rmse']:.4g}, MAE {last['test_mae']:.4g}, R2 {last['test_r2']:.4f}"
+             if "test_rmse" in history else f"test accuracy {last.get('test_accuracy', float('nan')):.4f}")
+    print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, {score}, "
+          f"train loss {last['train_loss']:.4f}, "
           f"{history['seconds'].sum():.2f} s training"
           + (f", epsilon {last['epsilon']:.4g} (delta {experiment.privacy.delta:g})" if "epsilon" in history else "")
           + f"; wrote {out}/history.csv, report.html, experiment.json")
@@ -280,6 +321,8 @@ def main(argv=None) -> int:
         warnings.simplefilter("ignore", RunEndedWarning)    # run() prints how the run ended
         warnings.showwarning = _one_line_warning
         try:
+            if args.command == "quality":
+                return quality(args)
             return list_registered() if args.command == "list" else run(args)
         except (ValueError, FileNotFoundError) as exc:
             print(f"fedlab: error: {_flag_message(exc)}", file=sys.stderr)

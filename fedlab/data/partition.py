@@ -45,6 +45,8 @@ class CentralDataset:
     weights: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
     target: str | None = None
+    target_scale: tuple[float, float] | None = None      # regression: (mean, std) of the raw target
+    encoding: dict | None = None      # from_dataframe's arguments, to re-encode ``columns`` (quality)
 
     def __post_init__(self):
         n = len(self.y)
@@ -338,6 +340,20 @@ def make_partition(central: CentralDataset, spec: str, num_clients: int | None, 
     return entry.factory(central, num_clients, key, **knobs)
 
 
+def split_rows(part: Partition, key, test_fraction: float):
+    """(rows, client, is_test, sizes, n_test): every row of the partition, shuffled within its
+    client, the client of each, whether it is a test row; client sizes and test rows per client.
+    ``key`` is federate's key (the split uses its stage 1)."""
+    rows = np.concatenate(part.client_indices)
+    sizes = np.array([len(i) for i in part.client_indices], np.int64)
+    client = np.repeat(np.arange(len(sizes)), sizes)
+    order = _shuffle_within(client, _random.subkey(key, 1))
+    rows, client = rows[order], client[order]                   # shuffled within each client
+    rank = np.arange(len(rows)) - np.repeat(_offsets(sizes)[:-1], sizes)
+    n_test = np.minimum(np.floor(sizes * test_fraction + 0.5).astype(np.int64), sizes - 1)
+    return rows, client, rank < n_test[client], sizes, n_test
+
+
 def federate(central: CentralDataset, partition_spec: str, num_clients: int | None, key,
              test_fraction: float = 0.2) -> FederatedDataset:
     """Partition ``central`` into clients and split each client's rows into train and test.
@@ -350,14 +366,7 @@ def federate(central: CentralDataset, partition_spec: str, num_clients: int | No
             or not 0 <= test_fraction < 1):
         raise ValueError(f"test_fraction: must be in [0, 1), got {test_fraction}")
     part = make_partition(central, partition_spec, num_clients, _random.subkey(key, 0))
-    rows = np.concatenate(part.client_indices)
-    sizes = np.array([len(i) for i in part.client_indices], np.int64)
-    client = np.repeat(np.arange(len(sizes)), sizes)
-    order = _shuffle_within(client, _random.subkey(key, 1))
-    rows, client = rows[order], client[order]                   # shuffled within each client
-    rank = np.arange(len(rows)) - np.repeat(_offsets(sizes)[:-1], sizes)
-    n_test = np.minimum(np.floor(sizes * test_fraction + 0.5).astype(np.int64), sizes - 1)
-    is_test = rank < n_test[client]
+    rows, client, is_test, sizes, n_test = split_rows(part, key, test_fraction)
     x = central.x[rows]
     if part.feature_noise is not None and np.any(part.feature_noise > 0):
         noise = _random.normal(_random.subkey(key, 2), x.shape)
@@ -370,4 +379,4 @@ def federate(central: CentralDataset, partition_spec: str, num_clients: int | No
         x_train=x[tr], y_train=central.y[rows[tr]], train_offsets=_offsets(sizes - n_test),
         x_test=x[te], y_test=central.y[rows[te]], test_offsets=_offsets(n_test),
         num_classes=central.num_classes, client_names=part.client_names,
-        feature_names=central.feature_names, train_weights=weights)
+        feature_names=central.feature_names, train_weights=weights, target_scale=central.target_scale)
