@@ -32,7 +32,7 @@ DP_MODES = ("off", "target epsilon", "noise multiplier")
 LOG_KNOBS = {"client_lr": (-4, 2), "server_lr": (-3, 2), "lr": (-4, 2)}   # log10 ranges of the sliders
 DATA_FIELDS = ("dataset", "dataset_options", "partition", "partition_options", "num_clients", "test_fraction")
 TABS = (("Data", ("data",)), ("Algorithm", ("algorithm", "model")), ("Training", ("schedule",)),
-        ("Privacy", ("privacy",)))
+        ("Adversaries & communication", ("adversaries", "communication")), ("Privacy", ("privacy",)))
 STYLE = {"description_width": "initial"}
 # the unit each setting's help (from the Experiment) leaves implicit
 FIELD_UNITS = {"num_clients": "clients; 0: the default", "test_fraction": "a share, 0 to 1", "rounds": "rounds",
@@ -144,7 +144,7 @@ def _typed(name: str, default, tooltip: str = "", optional: bool = False, label:
         return Control(name, W.Text(value=",".join(map(str, default)), layout=_width(220), **kw),
                        _int_tuple, lambda v: ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
     return Control(name, W.Text(value="" if default is None else str(default), layout=_width(260), **kw),
-                   lambda v: v.strip(), lambda v: "" if v is None else str(v))
+                   lambda v: v.strip() or (None if default is None else ""), lambda v: "" if v is None else str(v))
 
 
 def _int_tuple(text: str):
@@ -172,8 +172,8 @@ def _special(field: dataclasses.Field, tooltip: str) -> Control | None:
     if name in REGISTRIES:             # options and value: from the registry, by ``refresh``
         return Control(name, W.Dropdown(description=name, style=STYLE, tooltip=tooltip),
                        lambda v: None if v == DEFAULT else v, lambda v: DEFAULT if v is None else v)
-    if name == "sampling":
-        return _choice(name, [DEFAULT, *(field.metadata.get("choices") or ("fixed", "poisson"))], field.default,
+    if field.metadata.get("choices"):
+        return _choice(name, [DEFAULT] * (field.default is None) + list(field.metadata["choices"]), field.default,
                        tooltip)
     if name in ("num_clients", "clients_per_round"):
         return _typed(name, field.default, tooltip, optional=True, label="clients" if name == "num_clients" else None)
@@ -237,7 +237,8 @@ class Controls:
         for f in dataclasses.fields(Experiment):
             if f.name.endswith("_options") or f.name in ("privacy", "local_steps", "local_epochs"):
                 continue
-            self.fields[f.name] = _special(f, _help(f)) or _typed(f.name, f.default, _help(f))
+            optional = f.default is None and str(f.type).startswith("int")     # e.g. eval_clients: 0 = None
+            self.fields[f.name] = _special(f, _help(f)) or _typed(f.name, f.default, _help(f), optional=optional)
         self._make_work_widgets()
         self._make_privacy_widgets()
         self._knobs: dict[tuple, Control] = {}
