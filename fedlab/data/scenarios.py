@@ -87,3 +87,18 @@ def deliveries(key, num_clients: int | None) -> CentralDataset:
     """Supply chain: food-delivery time in minutes (regression); clients = weekday of the order."""
     df = _rdataset("modeldata", "deliveries").drop(columns="rownames")
     return from_dataframe(df, "time_to_delivery", client_column="day", task="regression", name="deliveries")
+
+
+def presets() -> dict:
+    """One Experiment per scenario (data, partition, model, algorithm set; what the scenario
+    notebooks start from and what a workbench preset button would load)."""
+    from fedlab.core.experiment import Experiment
+
+    common = dict(rounds=40, local_epochs=1, batch_size=32, algorithm_options={"client_lr": 0.05})
+    return {
+        "merchant analytics": Experiment(dataset="txhousing", model="mlp", model_options={"hidden": [32]},
+                                         clients_per_round=10, **common),
+        "precision marketing": Experiment(dataset="oj", clients_per_round=5, **common),
+        "risk control": Experiment(dataset="lending_club", clients_per_round=10, **common),
+        "supply chain": Experiment(dataset="flights", clients_per_round=8, **common),
+    }
