@@ -5,7 +5,7 @@ import pytest
 
 from conftest import NOTEBOOKS, execute_notebook
 
-SCENARIOS = ["08_risk_control.ipynb", "09_merchant_analytics.ipynb"]
+SCENARIOS = ["08_risk_control.ipynb", "09_merchant_analytics.ipynb", "10_supply_chain.ipynb"]
 
 
 @pytest.mark.parametrize("name", SCENARIOS)

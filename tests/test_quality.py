@@ -178,3 +178,13 @@ def test_islands_equal_each_client_training_alone():
         xt, yt = data.client(k, "test")
         pred = (xt @ np.asarray(ref.params["W"]) + np.asarray(ref.params["b"])).argmax(1)
         assert scores[k] == pytest.approx(np.mean(pred == yt))
+
+
+def test_scenario_presets_name_registered_datasets():
+    from fedlab.data.scenarios import SCENARIOS, presets
+
+    found = presets()
+    assert set(found) == set(SCENARIOS)
+    for name, experiment in found.items():
+        assert experiment.dataset in SCENARIOS[name] and experiment.dataset in fedlab.DATASETS
+        assert fedlab.Experiment.from_dict(experiment.to_dict()) == experiment

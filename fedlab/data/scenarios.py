@@ -51,18 +51,18 @@ def oj(key, num_clients: int | None) -> CentralDataset:
 
 
 @register_dataset("credit_data")
-def credit_data(key, num_clients: int | None, *, clients: str = "Home") -> CentralDataset:
+def credit_data(key, num_clients: int | None, *, clients: str = "Home", balance: bool = True) -> CentralDataset:
     """Risk control: credit scoring (Status good/bad); clients = Home (housing) or Job."""
     if clients not in ("Home", "Job", "Marital"):
         raise ValueError(f"dataset: credit_data clients must be Home, Job or Marital, got {clients!r}")
     df = _rdataset("modeldata", "credit_data").drop(columns="rownames")
     df = df[df[clients].notna()].reset_index(drop=True)        # 6 (Home) / 2 (Job) / 1 (Marital) rows
     return from_dataframe(df, "Status", client_column=clients, log_columns=("Income", "Assets", "Debt"),
-                          name="credit_data")
+                          balance=balance, name="credit_data")
 
 
 @register_dataset("flights")
-def flights(key, num_clients: int | None, *, fraction: float = 0.05) -> CentralDataset:
+def flights(key, num_clients: int | None, *, fraction: float = 0.05, balance: bool = True) -> CentralDataset:
     """Supply chain: NYC 2013 flights, arrival > 15 min late; clients = airline (16 carriers)."""
     check_number("fraction (dataset flights)", fraction, 0, 1, low_open=True)
     df = _rdataset("nycflights13", "flights")
@@ -79,7 +79,7 @@ def flights(key, num_clients: int | None, *, fraction: float = 0.05) -> CentralD
                           "hour": df["hour"], "origin": df["origin"], "dest": df["dest"],
                           "distance": df["distance"]})
     return from_dataframe(table, "late", client_column="carrier", categorical=("month",),
-                          log_columns=("distance",), name="flights")
+                          log_columns=("distance",), balance=balance, name="flights")
 
 
 @register_dataset("deliveries")
@@ -87,3 +87,18 @@ def deliveries(key, num_clients: int | None) -> CentralDataset:
     """Supply chain: food-delivery time in minutes (regression); clients = weekday of the order."""
     df = _rdataset("modeldata", "deliveries").drop(columns="rownames")
     return from_dataframe(df, "time_to_delivery", client_column="day", task="regression", name="deliveries")
+
+
+def presets() -> dict:
+    """One Experiment per scenario (data, partition, model, algorithm set; what the scenario
+    notebooks start from and what a workbench preset button would load)."""
+    from fedlab.core.experiment import Experiment
+
+    common = dict(rounds=40, local_epochs=1, batch_size=32, algorithm_options={"client_lr": 0.05})
+    return {
+        "merchant analytics": Experiment(dataset="txhousing", model="mlp", model_options={"hidden": [32]},
+                                         clients_per_round=10, **common),
+        "precision marketing": Experiment(dataset="oj", clients_per_round=5, **common),
+        "risk control": Experiment(dataset="lending_club", clients_per_round=10, **common),
+        "supply chain": Experiment(dataset="flights", clients_per_round=8, **common),
+    }
