@@ -110,7 +110,8 @@ def test_cli_flags_history_and_one_line_errors(tmp_path, capsys):
     assert len(json.loads((out / "run.json").read_text())["attackers"]) == 2
     e = fedlab.Experiment.from_json((out / "experiment.json").read_text())
     assert (e.attack, e.defense, e.compress, e.error_feedback) == ("backdoor:3,0.5", "median", "topk:0.1", True)
-    capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert "backdoor accuracy" in printed and f"attackers {json.loads((out / 'run.json').read_text())['attackers']}" in printed
     for flags, message in [(["--attackers", "1"], "--attackers must be in [0, 1)"),
                            (["--defense", "krum:9"], "--defense: krum:9 needs at least 21 clients per round"),
                            (["--compress", "topk:0"], "--compress: topk FRACTION must be in (0, 1]"),
