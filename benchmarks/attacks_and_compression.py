@@ -1,6 +1,6 @@
 """Measured results of issue 13 (malicious clients, robust aggregation, compression) on digits.
 
-    python benchmarks/attacks_and_compression.py [robustness|alie|backdoor|compression|all] [--seeds 3]
+    python benchmarks/attacks_and_compression.py [robustness|alie|backdoor|compression|all] [--seeds 2]
 
 Writes benchmarks/results/attacks_*.csv (one row per run: settings, final metrics) and
 compression_curves.csv (one row per evaluated round: cumulative MB up, test accuracy), and prints
@@ -122,7 +122,7 @@ def compression(seeds):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("which", nargs="?", default="all")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args()
     fedlab.enable_compilation_cache()
     RESULTS.mkdir(exist_ok=True)
