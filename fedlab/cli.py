@@ -292,6 +292,8 @@ def run(args) -> int:
           f"train loss {last['train_loss']:.4f}, "
           f"{history['seconds'].sum():.2f} s training"
           + (f", epsilon {last['epsilon']:.4g} (delta {experiment.privacy.delta:g})" if "epsilon" in history else "")
+          + (f", backdoor accuracy {last['backdoor_accuracy']:.4f}" if "backdoor_accuracy" in history else "")
+          + (f", attackers {history.attackers}" if history.attackers else "")
           + f"; wrote {out}/history.csv, report.html, experiment.json")
     return EXIT[history.status]
 
