@@ -108,6 +108,94 @@ def lab(tmp_path):
         yield f"http://127.0.0.1:{port}/lab/tree/00_workbench.ipynb?token={TOKEN}"
 
 
+# the Data tab's heatmap: clients drawn, and the label skew it shows (the mean over clients of the
+# total-variation distance of a client's label mix from the overall mix: 0 = IID)
+HEATMAP = "(() => { const p = document.querySelector('.fedlab-data-view .js-plotly-plot'); " \
+          "if (!p || !p.data || !p.data.length || p.data[0].type !== 'heatmap') return null; " \
+          "const n = p.data[0].customdata, sums = n[0].map((_, j) => n.reduce((a, r) => a + r[j], 0)); " \
+          "const total = sums.reduce((a, b) => a + b, 0), mix = sums.map(v => v / total); " \
+          "const tv = n.map(r => { const s = r.reduce((a, b) => a + b, 0); " \
+          "return 0.5 * r.reduce((a, v, j) => a + Math.abs(v / s - mix[j]), 0); }); " \
+          "return {clients: n.length, skew: tv.reduce((a, b) => a + b, 0) / n.length}; })()"
+
+
+def _labelled(page, kind: str, label: str):
+    """The input (or select) of the widget of class ``kind`` whose label reads ``label``."""
+    return page.locator(f".{kind}", has=page.locator("label", has_text=label)).first
+
+
+def _partition_follows_alpha(page) -> dict:
+    """The Data tab draws the partition before any training, and redraws it as alpha changes."""
+    timings = {}
+    start = time.perf_counter()
+    page.wait_for_function(f"{HEATMAP} && {HEATMAP}.clients === 30", timeout=300_000, polling=100)   # natural
+    timings["heatmap_shown_s"] = round(time.perf_counter() - start, 2)
+    _labelled(page, "widget-dropdown", "partition").locator("select").select_option("dirichlet")
+    page.wait_for_function(f"{HEATMAP} && {HEATMAP}.clients === 10", timeout=180_000, polling=100)
+    readout = _labelled(page, "widget-hslider", "alpha").locator(".widget-readout")
+    for alpha, condition in (("0.01", "> 0.6"), ("100", "< 0.15")):       # measured: 0.72 and 0.04
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type(alpha)
+        page.keyboard.press("Enter")
+        start = time.perf_counter()
+        page.wait_for_function(f"{HEATMAP} && {HEATMAP}.clients === 10 && {HEATMAP}.skew {condition}",
+                               timeout=180_000, polling=100)
+        timings[f"alpha_{alpha}_redrawn_s"] = round(time.perf_counter() - start, 2)
+    _labelled(page, "widget-dropdown", "partition").locator("select").select_option("default")
+    page.wait_for_function(f"{HEATMAP} && {HEATMAP}.clients === 30", timeout=180_000, polling=100)
+    return timings
+
+
+def _csv_download(page, tmp_path) -> dict:
+    """The runs table arrives as a real browser download, named with a timestamp."""
+    import re
+
+    link = page.locator("a.fedlab-download", has_text=".csv").first
+    link.wait_for(timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        link.click()
+    download = info.value
+    assert re.fullmatch(r"fedlab-runs-\d{8}-\d{6}\.csv", download.suggested_filename), download.suggested_filename
+    target = tmp_path / download.suggested_filename
+    download.save_as(target)
+    text = target.read_text()
+    assert text.splitlines()[0].startswith(",algorithm,") and "stopped" in text, text[:300]
+    return {"csv_download": download.suggested_filename}
+
+
+def _epsilon_does_not_block(page) -> dict:
+    """With a target epsilon the noise is calibrated in the background: a change of another
+    control made while the Privacy tab says "computing epsilon..." reaches the kernel (the command
+    line follows it) before the calibration ends. The page records when each happened."""
+    page.locator(".lm-TabBar-tab", has_text="Privacy").first.click()
+    page.evaluate("""() => { window.__seen = {}; const t0 = performance.now();
+        window.__watch = setInterval(() => {
+          const info = document.querySelector('.fedlab-dp-info');
+          const computing = info && info.textContent.includes('computing epsilon');
+          if (computing && !window.__seen.computing) window.__seen.computing = performance.now() - t0;
+          if (window.__seen.computing && !computing && !window.__seen.computed) window.__seen.computed = performance.now() - t0;
+          const cmd = document.querySelectorAll('.widget-textarea textarea')[1];
+          if (cmd && cmd.value.includes('--batch-size 16') && !window.__seen.handled) window.__seen.handled = performance.now() - t0;
+        }, 10); }""")
+    page.locator(".widget-toggle-button", has_text="target epsilon").first.click()
+    page.wait_for_function("window.__seen.computing", timeout=60_000, polling=20)
+    page.locator(".lm-TabBar-tab", has_text="Training").first.click()
+    batch = _labelled(page, "widget-inline-hbox", "batch size").locator("input")
+    batch.fill("16")
+    batch.press("Enter")
+    seen = page.wait_for_function("window.__seen.handled && window.__seen.computed && window.__seen",
+                                  timeout=300_000, polling=50).json_value()
+    page.evaluate("clearInterval(window.__watch)")
+    assert seen["handled"] < seen["computed"], f"the batch-size change waited for the calibration: {seen}"
+    page.locator(".lm-TabBar-tab", has_text="Privacy").first.click()
+    expect_text = page.locator(".fedlab-dp-info").first
+    expect_text.wait_for(timeout=10_000)
+    assert "ε =" in expect_text.inner_text()
+    return {"epsilon_computing_s": round((seen["computed"] - seen["computing"]) / 1000, 2),
+            "other_control_handled_after_s": round((seen["handled"] - seen["computing"]) / 1000, 2)}
+
+
 def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     """On a page showing the workbench: set 100000 rounds, Run, wait for 3 rounds, Stop, check."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect
@@ -115,6 +203,7 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     run_button = page.locator("button.jupyter-button", has_text="Run").filter(has_not_text="Reset").first
     run_button.wait_for(timeout=180_000)
     page.locator(LIVE_CHART).first.wait_for(timeout=60_000)
+    partition = _partition_follows_alpha(page)
     page.locator(".lm-TabBar-tab", has_text="Training").first.click()
     rounds = page.locator(".widget-inline-hbox", has=page.locator("label", has_text="rounds")).locator("input").first
     rounds.fill("100000")
@@ -158,12 +247,14 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     first_x = page.evaluate(f"document.querySelector('{LIVE_CHART}').data[0].x[0]")
     assert first_x == 1, f"the continued run's chart starts at round {first_x}, not 1"
     page.screenshot(path=str(artifacts / f"workbench_{tag}.png"), full_page=True)
+    download = _csv_download(page, artifacts)
+    privacy = _epsilon_does_not_block(page)
+    page.screenshot(path=str(artifacts / f"workbench_{tag}_privacy.png"), full_page=False)
     result = {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),
               "rounds_when_stopped": stopped, "last_round_drawn_at_the_end": later,
-              "rounds_when_stopped_after_continue": again}
+              "rounds_when_stopped_after_continue": again, **partition, **download, **privacy}
     (artifacts / f"workbench_{tag}.json").write_text(json.dumps(result))
-    print(f"\n{tag}: click to first point {first_point:.2f} s; Stop to 'stopped' {stop_seconds:.2f} s; "
-          f"stopped at round {stopped}, continued to {again}; screenshot {artifacts / f'workbench_{tag}.png'}")
+    print(f"\n{tag}: {json.dumps(result)}; screenshot {artifacts / f'workbench_{tag}.png'}")
     return result
 
 
@@ -182,7 +273,7 @@ def test_workbench_runs_live_and_stops_in_jupyterlab(lab, tmp_path):
 
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page = browser.new_page(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
         try:
             page.goto(lab)
             # Run All before the kernel is ready is silently dropped: wait for it to be idle
@@ -212,9 +303,11 @@ def test_workbench_runs_live_and_stops_in_voila(voila, tmp_path):
 
     with sync_playwright() as p:
         browser = _browser(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 1500})
+        page = browser.new_page(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
         try:
             page.goto(voila, timeout=180_000)
             _drive(page, _artifacts(tmp_path), "voila")
+            # app mode: the notebook's prose around the workbench is hidden
+            assert not page.get_by_text("Everything the buttons do is also a method").first.is_visible()
         finally:
             browser.close()

@@ -560,7 +560,7 @@ def test_run_names_say_what_differs_numbers_have_no_gaps_and_runs_rename_and_del
     wb.run_list.chosen.value = "#1 fedavg · toy (given)"
     wb.run_list.delete_button.click()
     assert list(wb.runs) == ["#2 proximal", "#3 fedavg · seed=1", "#4 fedavg · 7 steps · seed=0"]
-    assert {t.name for t in wb.figure.data} == set(wb.runs)
+    assert {t.name for t in wb.figure.data} == {"#4 fedavg · 7 steps · seed=0"}        # the last run made
     wb.run(seed=2)
     assert list(wb.runs)[-1].startswith("#5 ")
     assert wb.run_list.colors["#2 proximal"] == color and len(set(wb.run_list.colors.values())) == 4
@@ -581,7 +581,10 @@ def test_the_csv_export_is_a_download_link_that_names_its_runs(data, cache_dir):
     assert payload == wb.table().to_csv() and "2 runs (#1, #2)" in link
     wb.run_list.html_button.click()
     report = wb.run_list.html_link.value
-    assert "data:text/html;base64," in report and "2 runs (#1, #2)" in report
+    assert "data:text/html;base64," in report and "1 run (#2)" in report     # the runs shown: the last
+    wb.overlay.value = tuple(wb.runs)
+    wb.run_list.html_button.click()
+    assert "2 runs (#1, #2)" in wb.run_list.html_link.value
     assert re.search(r"download='fedlab-report-\d{8}-\d{6}\.html'", report)
 
 

@@ -34,9 +34,10 @@ def empty_figure(panels) -> go.FigureWidget:
                         horizontal_spacing=0.09, vertical_spacing=0.14 if rows > 2 else 0.18)
     fig.update_xaxes(title_text="round", visible=False)
     fig.update_yaxes(visible=False)
+    fig.update_annotations(visible=False)
     for j, (col, _) in enumerate(panels):
         fig.update_yaxes(title_text=UNITS.get(col, col), row=j // 2 + 1, col=j % 2 + 1)
-    fig.update_layout(height=280 * rows + 70, margin=dict(l=60, r=20, t=50, b=40), template="plotly_white",
+    fig.update_layout(height=60, margin=dict(l=60, r=20, t=50, b=40), template="plotly_white",
                       legend=dict(orientation="h", y=-0.12), autosize=True)
     return go.FigureWidget(fig)
 
@@ -133,9 +134,12 @@ class LiveChart:
         empty = not traces
         self.empty_note.layout.display = None if empty else "none"
         with fig.batch_update():
-            if bool(fig.layout.xaxis.visible) == empty:         # axes only once there is a run
+            if bool(fig.layout.xaxis.visible) == empty:         # axes and titles only once there is a run
                 fig.update_xaxes(visible=not empty)
                 fig.update_yaxes(visible=not empty)
+                fig.update_annotations(visible=not empty)
+                rows = -(-len(self.panels) // 2)
+                fig.layout.height = 60 if empty else 280 * rows + 70
             if same:
                 live = None if self.live is None else self.live[0]
                 for t, n in zip(fig.data, traces):

@@ -30,7 +30,7 @@ def _metric(table: pd.DataFrame) -> tuple[str, str]:
     return "test_loss", "test loss (mean per example)"
 
 
-def clients_figure(table: pd.DataFrame, color: str = "#1f77b4", figure: go.Figure | None = None) -> go.Figure:
+def clients_figure(table: pd.DataFrame, color: str = "#1f77b4") -> go.Figure:
     """Three panels: the distribution of the final per-client metric, the metric against client
     size, and against label skew (classification)."""
     metric, label = _metric(table)
@@ -56,13 +56,7 @@ def clients_figure(table: pd.DataFrame, color: str = "#1f77b4", figure: go.Figur
     fig.update_xaxes(title_text="training rows (log)", type="log", row=1, col=2)
     fig.update_yaxes(title_text=label, row=1, col=2)
     fig.update_layout(height=320, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white")
-    if figure is None:
-        return fig
-    with figure.batch_update():
-        figure.data = ()
-        figure.add_traces(list(fig.data))
-        figure.layout = fig.layout
-    return figure
+    return fig
 
 
 class ClientView:
@@ -80,9 +74,8 @@ class ClientView:
         if name is None or table is None:
             self.shown = None
             self.title.value = "<b>Clients</b> <i>(after a run: how its final model does on each client)</i>"
-            with self.figure.batch_update():
-                self.figure.data = ()
-                self.figure.layout.height = 40
+            self._set(go.FigureWidget(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
+                                                  xaxis=dict(visible=False), yaxis=dict(visible=False))))
             return
         metric, label = _metric(table)
         values = table.loc[table["test_examples"] > 0, metric]
@@ -91,4 +84,9 @@ class ClientView:
                             f"median {np.median(values):.3f}, worst {values.min():.3f}, best {values.max():.3f}, "
                             f"spread (p90 - p10) {np.percentile(values, 90) - np.percentile(values, 10):.3f} "
                             f"over {len(values)} clients")
-        clients_figure(table, color, self.figure)
+        self._set(go.FigureWidget(clients_figure(table, color)))
+
+    def _set(self, figure) -> None:
+        """Show a new figure (a layout replaced in place is not redrawn by the browser)."""
+        self.figure = figure
+        self.box.children = (self.title, figure)

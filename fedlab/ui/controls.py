@@ -327,6 +327,7 @@ class Controls:
             rows.setdefault(group, []).append(W.HBox(widgets, layout=W.Layout(flex_flow="row wrap")))
         if dp_available():
             self.dp_info = W.HTML()
+            self.dp_info.add_class("fedlab-dp-info")
             rows["privacy"].append(self.dp_info)
         else:
             self.dp_info = W.HTML("<i>Differential privacy needs <code>fedlab.privacy</code>, which this "

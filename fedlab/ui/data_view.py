@@ -56,9 +56,9 @@ def data_summary(data) -> str:
     return text
 
 
-def partition_figure(data, figure: go.Figure | None = None) -> go.Figure:
+def partition_figure(data) -> go.Figure:
     """The heatmap (share of each client's training rows per class, or per target range) beside
-    the clients' training-set sizes; drawn into ``figure`` when given (a FigureWidget)."""
+    the clients' training-set sizes."""
     table, what = partition_table(data)
     table = table.iloc[:MAX_CLIENTS]
     counts = table.to_numpy()
@@ -69,7 +69,7 @@ def partition_figure(data, figure: go.Figure | None = None) -> go.Figure:
                         subplot_titles=[f"each client's {what} mix (share of its training rows)",
                                         "client size (training rows)"])
     fig.add_trace(go.Heatmap(z=share, x=columns, y=clients, customdata=counts, colorscale="Blues", zmin=0, zmax=1,
-                             colorbar=dict(title="share", x=0.66, len=0.9),
+                             colorbar=dict(title="share", x=1.01, len=0.9),
                              hovertemplate=f"client %{{y}}<br>{what} %{{x}}<br>%{{customdata}} rows (%{{z:.0%}})"
                                            "<extra></extra>"), 1, 1)
     fig.add_trace(go.Bar(x=data.train_counts[:MAX_CLIENTS], y=clients, orientation="h", marker_color="#1f77b4",
@@ -78,14 +78,8 @@ def partition_figure(data, figure: go.Figure | None = None) -> go.Figure:
     fig.update_xaxes(title_text="training rows", row=1, col=2)
     fig.update_yaxes(title_text="client", type="category", autorange="reversed", row=1, col=1)
     height = int(min(900, max(320, 90 + 14 * len(clients))))
-    fig.update_layout(height=height, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white")
-    if figure is None:
-        return fig
-    with figure.batch_update():
-        figure.data = ()
-        figure.add_traces(list(fig.data))
-        figure.layout = fig.layout
-    return figure
+    fig.update_layout(height=height, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white", autosize=True)
+    return fig
 
 
 class DataView:
@@ -98,6 +92,7 @@ class DataView:
         self.figure = go.FigureWidget(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
                                                   xaxis=dict(visible=False), yaxis=dict(visible=False)))
         self.box = W.VBox([self.status, self.figure], layout=W.Layout(width="100%"))
+        self.box.add_class("fedlab-data-view")
         self.worker = Latest("fedlab-data-view")
         self.key: tuple | None = None           # the setting drawn (or being loaded)
         self.drawn: tuple | None = None         # the setting whose data is in the figure
@@ -131,7 +126,8 @@ class DataView:
             return
         if key != self.key:
             return
-        partition_figure(data, self.figure)
+        self.figure = go.FigureWidget(partition_figure(data))       # a new widget: a layout replaced in
+        self.box.children = (self.status, self.figure)               # place is not redrawn by the browser
         self.drawn, self.data = key, data
         self.status.value = f"<span class='fedlab-data-summary'>{data_summary(data)}</span>"
         if self.on_loaded is not None:

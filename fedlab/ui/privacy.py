@@ -100,10 +100,11 @@ def explain(experiment, built, spent: dict) -> str:
     d = num_params(built.model)
     ratio = z * math.sqrt(d) / m                 # noise norm on the mean update / the largest signal (C)
     odds = math.exp(epsilon) if epsilon < 50 else math.inf
+    odds_text = f"{odds:.3g}" if odds < 1000 else f"{odds:,.0f}" if odds < 1e9 else "more than a billion"
     text = (f"This run will spend <b>ε = {epsilon:.3g}</b> at δ = {p.delta:g} over {experiment.rounds} rounds "
             f"(noise multiplier z = {z:.3g}, {m} of {data.num_clients} clients a round, {built.sampling} sampling)."
             f"<br><small><b>What ε means:</b> whatever anyone concludes from the trained model, the conclusion "
-            f"is at most e<sup>ε</sup> = {odds:.3g}× more likely with any one client's data than without it "
+            f"is at most e<sup>ε</sup> = {odds_text}× more likely with any one client's data than without it "
             f"(except with probability δ). ε ≤ 1 is a strong guarantee, 1-10 is common in practice, "
             f"above 10 is weak.</small>"
             f"<br><small><b>Noise:</b> each round the server adds Gaussian noise of std z·C = {z * C:.3g} to the sum "

@@ -124,7 +124,7 @@ class Workbench:
         style = W.HTML("<style>.fedlab-invalid input, .fedlab-invalid select, .fedlab-invalid textarea "
                        "{border: 2px solid #c00 !important; background: #fff0f0 !important}"
                        ".fedlab-runs-table td, .fedlab-runs-table th {padding: 2px 8px}"
-                       + ((".jp-MarkdownCell ~ .jp-MarkdownCell, .jp-Cell:has(.fedlab-workbench) ~ .jp-Cell "
+                       + ((".jp-MarkdownCell:not(:has(h1)), .jp-CodeCell:not(:has(.fedlab-workbench)) "
                            "{display: none !important}") if in_voila() else "") + "</style>")
         buttons = W.HBox([self.run_button, self.stop_button, self.continue_button, self.reset_button, self.progress],
                          layout=W.Layout(align_items="center"))
