@@ -236,7 +236,8 @@ def run(args) -> int:
         return EXIT[history.status]
     last = history.iloc[-1]
     print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, test accuracy "
-          f"{last.get('test_accuracy', float('nan')):.4f}, train loss {last['train_loss']:.4f}, "
+          f"{last.get('test_accuracy', float('nan')):.4f}, personal accuracy (mean over clients) "
+          f"{last.get('personal_acc_mean', float('nan')):.4f}, train loss {last['train_loss']:.4f}, "
           f"{history['seconds'].sum():.2f} s training"
           + (f", epsilon {last['epsilon']:.4g} (delta {experiment.privacy.delta:g})" if "epsilon" in history else "")
           + f"; wrote {out}/history.csv, report.html, experiment.json")

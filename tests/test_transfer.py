@@ -147,7 +147,7 @@ def test_meta_gradients_in_closed_form(name, second_order, learn_alpha):
     alpha, beta, steps = 0.3, 0.1, 2
     knobs = dict(inner_lr=alpha, client_lr=beta)
     h = fedlab.simulate(name, "logreg", data, rounds=1, local_steps=steps, batch_size=6, progress=False, **knobs)
-    deltas, weights = [], []
+    deltas, alphas, weights = [], [], []
     for xt, y, n in rows:
         theta, a = np.zeros(len(xt)), np.full(len(xt), alpha)
         for _ in range(steps):
@@ -156,10 +156,15 @@ def test_meta_gradients_in_closed_form(name, second_order, learn_alpha):
             if learn_alpha:
                 a = a - beta * g_alpha
         deltas.append(theta)
+        alphas.append(a)
         weights.append(n)
     expected = np.average(deltas, axis=0, weights=weights)
     got = np.concatenate([np.asarray(h.params["W"])[:, 0], np.asarray(h.params["b"])])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    if learn_alpha:                     # Meta-SGD's learned step sizes, averaged like the params
+        alpha = h.state.server_state.alpha
+        got = np.concatenate([np.asarray(alpha["W"])[:, 0], np.asarray(alpha["b"])])
+        np.testing.assert_allclose(got, np.average(alphas, axis=0, weights=weights), rtol=1e-5, atol=1e-6)
 
 
 def test_reptile_is_fedavg_with_a_server_step():
