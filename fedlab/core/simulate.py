@@ -241,12 +241,12 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         check_int("checkpoint_every", checkpoint_every, 1)
     check_int("finetune_steps", finetune_steps, 0)
     check_int("adapt_steps", adapt_steps, 0)
-    finetune_lr = strategy_options.get("client_lr", 0.01) if finetune_lr is None else finetune_lr
-    check_number("finetune_lr", finetune_lr, 0, low_open=True)
     if start is not None and not 0 <= start.round < rounds:
         raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
-    strategy = resolve_strategy(strategy, strategy_options)
+    strategy = resolve_strategy(strategy, strategy_options)     # checks its own options (client_lr > 0)
+    finetune_lr = strategy_options.get("client_lr", 0.01) if finetune_lr is None else finetune_lr
+    check_number("finetune_lr", finetune_lr, 0, low_open=True)
     actual = dict(clients_per_round=clients_per_round, num_clients=K, sampling=sampling)
     for name, wanted in (strategy.requires or {}).items():
         if actual.get(name, wanted) != wanted:
