@@ -9,7 +9,7 @@
                                    algorithm_options={"mu": 1.0}, rounds=50, local_epochs=20)
     history = experiment.run(out="runs/fedprox")      # resume: fedlab.resume("runs/fedprox", rounds=100)
 """
-from fedlab import algorithms, collaboration, data, models, report  # noqa: F401  (registers the built-ins)
+from fedlab import algorithms, collaboration, data, models, report, transfer  # noqa: F401  (registers the built-ins)
 from fedlab.core.cache import enable_compilation_cache
 from fedlab.core.registry import (ALGORITHMS, DATASETS, MODELS, PARTITIONS, register_algorithm,
                                   register_dataset, register_model, register_partition)

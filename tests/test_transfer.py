@@ -81,11 +81,6 @@ def test_ditto_limits_local_training_and_the_global_model(islands):
     assert_same(huge.params, fedavg.params)                     # Ditto's global model is FedAvg's
     for k in range(data.num_clients):                           # v_k -> w_{T-1}, the model received last
         assert_same(jax.tree.map(lambda s: s[k], huge.state.client_states), broadcasts[-2], atol=1e-5)
-    mid = fedlab.simulate("ditto", "logreg", data, lam=1.0, **kw)
-    w = broadcasts[-2]
-    gap = lambda h: max(float(np.abs(h.state.client_states["W"][k] - w["W"]).max())   # noqa: E731
-                        for k in range(data.num_clients))
-    assert gap(huge) < gap(mid) < gap(zero)
 
 
 def test_finetuning_is_sgd_on_the_clients_own_rows():
@@ -152,7 +147,7 @@ def test_meta_gradients_in_closed_form(name, second_order, learn_alpha):
     alpha, beta, steps = 0.3, 0.1, 2
     knobs = dict(inner_lr=alpha, client_lr=beta)
     h = fedlab.simulate(name, "logreg", data, rounds=1, local_steps=steps, batch_size=6, progress=False, **knobs)
-    deltas, weights = [], []
+    deltas, alphas, weights = [], [], []
     for xt, y, n in rows:
         theta, a = np.zeros(len(xt)), np.full(len(xt), alpha)
         for _ in range(steps):
@@ -161,17 +156,22 @@ def test_meta_gradients_in_closed_form(name, second_order, learn_alpha):
             if learn_alpha:
                 a = a - beta * g_alpha
         deltas.append(theta)
+        alphas.append(a)
         weights.append(n)
     expected = np.average(deltas, axis=0, weights=weights)
     got = np.concatenate([np.asarray(h.params["W"])[:, 0], np.asarray(h.params["b"])])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    if learn_alpha:                     # Meta-SGD's learned step sizes, averaged like the params
+        alpha = h.state.server_state.alpha
+        got = np.concatenate([np.asarray(alpha["W"])[:, 0], np.asarray(alpha["b"])])
+        np.testing.assert_allclose(got, np.average(alphas, axis=0, weights=weights), rtol=1e-5, atol=1e-6)
 
 
 def test_reptile_is_fedavg_with_a_server_step():
+    """One round from w_0 = 0: w_1 = server_lr * (FedAvg's w_1 - 0)."""
     data = toy_data()
     kw = {**KW, "rounds": 1}
     fedavg = fedlab.simulate("fedavg", "logreg", data, **kw)
-    assert_same(fedlab.simulate("reptile", "logreg", data, server_lr=1.0, **kw).params, fedavg.params)
     half = fedlab.simulate("reptile", "logreg", data, server_lr=0.5, **kw)       # from w_0 = 0
     assert_same(half.params, jax.tree.map(lambda w: 0.5 * w, fedavg.params))
 
@@ -199,7 +199,7 @@ def test_held_out_clients_never_train_and_are_measured_after_adaptation():
     full = e.replace(holdout_clients=0.0).load_data()
     train, new = hold_out(full, 0.3, 4)
     assert (train.num_clients, new.num_clients) == (7, 3)
-    assert sorted(map(len, (train.y_train, new.y_train))) and len(train.y_train) + len(new.y_train) == len(full.y_train)
+    assert len(train.y_train) + len(new.y_train) == len(full.y_train)
     built = e.build()
     assert built.data.num_clients == 7 and built.new_clients.num_clients == 3
     np.testing.assert_array_equal(built.new_clients.y_test, new.y_test)
@@ -207,8 +207,10 @@ def test_held_out_clients_never_train_and_are_measured_after_adaptation():
     W, b = np.asarray(h.params["W"]), np.asarray(h.params["b"])       # adapt_steps 0: the global model
     acc = np.argmax(new.x_test @ W + b, 1) == new.y_test
     assert h["new_client_accuracy"].iloc[-1] == pytest.approx(acc.mean())
-    adapted = e.replace(adapt_steps=20, algorithm_options={"client_lr": 0.5}).run(progress=False)
-    assert adapted["new_client_accuracy"].iloc[-1] != h["new_client_accuracy"].iloc[-1]
+    table = fedlab.transfer.per_client(e, h)                  # the numbers behind the last row
+    has = table["test_rows"] > 0
+    assert table["global_accuracy"][has].mean() == pytest.approx(h["client_acc_mean"].iloc[-1])
+    assert table["personal_accuracy"][has].mean() == pytest.approx(h["personal_acc_mean"].iloc[-1])
 
 
 @pytest.mark.parametrize("argv, message", [

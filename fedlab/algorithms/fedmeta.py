@@ -144,7 +144,7 @@ def metasgd(*, inner_lr: float = 0.1, inner_steps: int = 1, client_lr: float = 0
 
 
 @register_algorithm("reptile")
-def reptile(*, server_lr: float = 1.0, client_lr: float = 0.01,
+def reptile(*, server_lr: float = 0.5, client_lr: float = 0.01,
             client_optimizer: optax.GradientTransformation | None = None) -> Strategy:
     """FedMeta-Reptile: local SGD, theta += server_lr * mean(theta_k - theta) (server_lr 1: FedAvg)."""
     epsilon = check_number("server_lr", server_lr, 0, low_open=True)

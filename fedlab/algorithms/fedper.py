@@ -17,7 +17,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from fedlab.algorithms import common
 from fedlab.core.checks import check_int, check_number

@@ -293,8 +293,6 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         check_int("checkpoint_every", checkpoint_every, 1)
     check_int("finetune_steps", finetune_steps, 0)
     check_int("adapt_steps", adapt_steps, 0)
-    finetune_lr = strategy_options.get("client_lr", 0.01) if finetune_lr is None else finetune_lr
-    check_number("finetune_lr", finetune_lr, 0, low_open=True)
     check_int("devices", devices, 1)
     if sampling == "fixed" and clients_per_round % devices:
         raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs an "
@@ -309,7 +307,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     if generated and local_epochs is not None:
         raise ValueError(f"local_epochs: a generated population trains by local_steps (its clients have up to "
                          f"{int(data.train_counts.max())} rows); give local_steps")
-    strategy = resolve_strategy(strategy, strategy_options)
+    strategy = resolve_strategy(strategy, strategy_options)     # checks its own options (client_lr > 0)
+    finetune_lr = strategy_options.get("client_lr", 0.01) if finetune_lr is None else finetune_lr
+    check_number("finetune_lr", finetune_lr, 0, low_open=True)
     actual = dict(clients_per_round=clients_per_round, num_clients=K, sampling=sampling)
     for name, wanted in (strategy.requires or {}).items():
         if actual.get(name, wanted) != wanted:
