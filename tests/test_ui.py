@@ -698,6 +698,7 @@ def test_every_control_has_a_tooltip_and_cnn_is_offered_only_for_images(data, ca
             wb.controls[kind].value = option
             for knob, control in wb.form.knobs(kind).items():
                 assert control.widget.tooltip, f"{kind} {option}: {knob} has no tooltip"
+    wb.controls["dataset"].value, wb.controls["partition"].value = "(given)", "default"   # back to the table
     assert wb.data_view.wait(60)
     assert "cnn" not in wb.form.names("model") and "mlp" in wb.form.names("model")     # 5 features: a table
     images = fedlab.FederatedDataset.from_clients(
