@@ -192,4 +192,3 @@ def test_eval_clients_sample_of_in_memory_data():
     y = np.concatenate([data.client(k, "test")[1] for k in ids])
     W, b = np.asarray(h.params["W"]), np.asarray(h.params["b"])
     assert h["test_accuracy"].iloc[-1] == pytest.approx(np.mean(np.argmax(x @ W + b, 1) == y))
-
