@@ -168,6 +168,12 @@ def _epsilon_does_not_block(page) -> dict:
     """With a target epsilon the noise is calibrated in the background: a change of another
     control made while the Privacy tab says "computing epsilon..." reaches the kernel (the command
     line follows it) before the calibration ends. The page records when each happened."""
+    from playwright.sync_api import expect
+
+    # the code view shows the controls (not the last run), so the command line follows every change
+    _labelled(page, "widget-dropdown", "run:").locator("select").select_option(label="the controls (next run)")
+    expect(page.locator(".widget-textarea textarea").nth(1)).to_have_value("python -m fedlab run --rounds 100000",
+                                                                           timeout=30_000)
     page.locator(".lm-TabBar-tab", has_text="Privacy").first.click()
     page.evaluate("""() => { window.__seen = {}; const t0 = performance.now();
         window.__watch = setInterval(() => {

@@ -55,7 +55,7 @@ def clients_figure(table: pd.DataFrame, color: str = "#1f77b4") -> go.Figure:
     fig.update_yaxes(title_text="clients", row=1, col=1)
     fig.update_xaxes(title_text="training rows (log)", type="log", row=1, col=2)
     fig.update_yaxes(title_text=label, row=1, col=2)
-    fig.update_layout(height=320, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white")
+    fig.update_layout(height=320, margin=dict(l=60, r=20, t=40, b=50), template="plotly_white", autosize=True)
     return fig
 
 

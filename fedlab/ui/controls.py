@@ -451,6 +451,15 @@ class Controls:
             self.refresh()
         if name not in self.widgets[kind].options:
             raise ValueError(f"{kind}: {name!r} is not offered here; choose one of {self.names(kind)}")
+        if name not in (DEFAULT, GIVEN) and kind != "algorithm":
+            # option widgets not made yet are made with their values: a slider made with its default and
+            # set right after can be set back to the default by the browser as it first draws it
+            for option, default in settable_knobs(REGISTRIES[kind][name]).items():
+                key = (kind, name, option)
+                value = options.get(option, default)
+                if key not in self._knobs and option in options and type(value) is type(default):
+                    self._knobs[key] = control = _knob(kind, name, option, value)
+                    control.widget.observe(self._changed, "value")
         self.widgets[kind].value = name
         entry = self._entry(kind)
         defaults = settable_knobs(entry) if entry else {}

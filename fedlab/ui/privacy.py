@@ -114,11 +114,15 @@ def explain(experiment, built, spent: dict) -> str:
     if ratio > 1:
         needed = math.ceil(z * math.sqrt(d))
         text += (f"<div class='fedlab-dp-warning' style='color:#8a5a00;background:#fff4d6;padding:4px 8px;"
-                 f"border-radius:4px'>⚠ The noise is {ratio:.2g}× the largest possible signal: this model will "
+                 f"border-radius:4px'>⚠ The noise is {_amount(ratio)}× the largest possible signal: this model will "
                  f"barely learn. DP-FedAvg needs many clients per round (here about z·√d ≈ {needed} or more, "
                  f"from at least as many clients), a larger ε, or fewer rounds. The preset "
                  f"<i>DP at scale</i> learns under DP.</div>")
     return text
+
+
+def _amount(x: float) -> str:
+    return f"{x:.2g}" if x < 100 else f"{x:,.0f}"
 
 
 def error_text(err: BaseException) -> str:

@@ -399,7 +399,8 @@ class Workbench:
         try:
             self.runner.wait_for_warm_up()
             data = self.data.load(experiment, given is not None)
-            if calibration_key(experiment, data.num_clients) is not None:
+            calibration = calibration_key(experiment, data.num_clients)
+            if calibration is not None and self.calibrations.cached(calibration) is None:
                 self.progress.value = "<i>computing epsilon (calibrating the noise)...</i>"
             built = for_build(experiment, data.num_clients, self.calibrations).build(data)
             self.progress.value = "<i>compiling...</i>"
