@@ -80,7 +80,7 @@ def test_ditto_limits_local_training_and_the_global_model(islands):
     huge = fedlab.simulate("ditto", "logreg", data, lam=1e9, **kw)
     assert_same(huge.params, fedavg.params)                     # Ditto's global model is FedAvg's
     for k in range(data.num_clients):                           # v_k -> w_{T-1}, the model received last
-        assert_same(jax.tree.map(lambda s: s[k], huge.state.client_states), broadcasts[-2], atol=1e-5)
+        assert_same(jax.tree.map(lambda s, k=k: s[k], huge.state.client_states), broadcasts[-2], atol=1e-5)
 
 
 def test_finetuning_is_sgd_on_the_clients_own_rows():
