@@ -232,6 +232,13 @@ def experiment_from_args(args: argparse.Namespace) -> Experiment:
     return Experiment.from_dict(values)
 
 
+def _registered_options() -> set[str]:
+    """Every option name of a registered algorithm or model (each is a flag of its own)."""
+    from fedlab.core.registry import ALGORITHMS, MODELS
+
+    return set(_option_defaults(ALGORITHMS)) | set(_option_defaults(MODELS))
+
+
 def _flag_message(exc: Exception) -> str:
     """A library error as one line, with setting names written as the flags the user typed."""
     msg = str(exc).strip().splitlines()[0]
@@ -239,8 +246,7 @@ def _flag_message(exc: Exception) -> str:
     m = re.match(r"([a-z][a-z0-9_]*)(\b)", msg)
     if m and m.group(1) in flags:
         msg = flags[m.group(1)] + msg[m.end(1):]
-    elif m and "_" in m.group(1) or m and m.group(1) in ("mu", "q", "tau", "momentum", "beta1", "beta2", "hidden",
-                                                          "channels", "dense"):
+    elif m and ("_" in m.group(1) or m.group(1) in _registered_options()):
         msg = option_flag(m.group(1)) + msg[m.end(1):]
     # other multi-word setting names inside the message
     return re.sub(r"(?<![-\w])([a-z]+_[a-z_]+)(?![\w])",

@@ -16,6 +16,7 @@ brings tensorstore and much machinery that a single-process simulation does not 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -191,7 +192,7 @@ def resume(out, rounds: int, *, callbacks=(), progress: bool = True, checkpoint_
     privacy = experiment.privacy
     if privacy is not None and privacy.target_epsilon is not None and rounds != experiment.rounds:
         z = float(previous["noise_multiplier"].iloc[-1])      # keep the noise of the original plan
-        privacy = type(privacy)(**{**privacy.__dict__, "target_epsilon": None, "noise_multiplier": z})
+        privacy = dataclasses.replace(privacy, target_epsilon=None, noise_multiplier=z)
     experiment = experiment.replace(rounds=rounds, privacy=privacy)
     built = experiment.build()
     if data_fingerprint(built.data) != header.get("data"):
