@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("ipywidgets")
-pytest.importorskip("anywidget")          # plotly >= 7 renders FigureWidget through anywidget
 
 import fedlab  # noqa: E402
 from conftest import ROOT  # noqa: E402
@@ -46,6 +45,12 @@ def cache_dir(tmp_path_factory):
 def make(data, cache_dir, **settings):
     base = dict(rounds=5, clients_per_round=3, local_steps=4, batch_size=8, num_clients=0, client_lr=0.1)
     return Workbench(data, redraw_interval=0.0, compilation_cache=cache_dir, warm_up=False, **{**base, **settings})
+
+
+def sent(view) -> list[dict]:
+    """The traces a PlotView last sent to the browser (its plotly output, as the page receives it)."""
+    (output,) = view.widget.outputs
+    return output["data"]["application/vnd.plotly.v1+json"]["data"]
 
 
 def record_lengths(wb):
@@ -86,6 +91,9 @@ def test_run_click_draws_every_round_and_matches_simulate(data, cache_dir):
                                atol=1e-6)
     mb = wb.figure.data[4]
     np.testing.assert_allclose(mb.y, np.cumsum(direct["bytes_up"] + direct["bytes_down"]) / 1e6, rtol=1e-9)
+    # what the browser got: the same numbers as plain JSON lists (no base64 typed arrays)
+    assert sent(wb.chart.view)[0]["x"] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(sent(wb.chart.view)[0]["y"], direct["test_accuracy"], atol=1e-6)
     assert "done</b>: round 5 of 5" in wb.progress.value
     assert history.settings == wb.experiment().to_dict()                # the run is the controls' Experiment
 
@@ -433,6 +441,7 @@ def test_data_tab_draws_the_partition_off_the_main_thread_and_follows_alpha(data
     np.testing.assert_array_equal(np.array(heat.customdata), data.label_histogram().to_numpy())
     np.testing.assert_allclose(np.array(heat.z).sum(1), 1.0)
     np.testing.assert_array_equal(sizes.x, data.train_counts)
+    assert sent(wb.data_view.view)[0]["customdata"] == data.label_histogram().to_numpy().tolist()
     assert "<b>6</b> clients" in wb.data_view.status.value
     # a slow load happens in the background: the kernel is free, the tab says "loading data..."
     release, load = threading.Event(), wb.data.load

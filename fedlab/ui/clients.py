@@ -10,6 +10,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from fedlab.ui.plot import PlotView
+
 
 def client_table(history, data) -> pd.DataFrame | None:
     """One row per client: the final model's test accuracy (or loss, for regression), the client's
@@ -59,14 +61,18 @@ def clients_figure(table: pd.DataFrame, color: str = "#1f77b4") -> go.Figure:
     return fig
 
 
+def _blank() -> go.Figure:
+    return go.Figure(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
+                                 xaxis=dict(visible=False), yaxis=dict(visible=False)))
+
+
 class ClientView:
     """``box``: a title and the figure; ``show(name, table, colour)`` draws one run's clients."""
 
     def __init__(self):
         self.title = W.HTML("<b>Clients</b> <i>(after a run: how its final model does on each client)</i>")
-        self.figure = go.FigureWidget(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
-                                                  xaxis=dict(visible=False), yaxis=dict(visible=False)))
-        self.box = W.VBox([self.title, self.figure], layout=W.Layout(width="100%"))
+        self.view = PlotView(_blank())
+        self.box = W.VBox([self.title, self.view.widget], layout=W.Layout(width="100%"))
         self.box.add_class("fedlab-clients")
         self.shown: str | None = None
 
@@ -74,8 +80,7 @@ class ClientView:
         if name is None or table is None:
             self.shown = None
             self.title.value = "<b>Clients</b> <i>(after a run: how its final model does on each client)</i>"
-            self._set(go.FigureWidget(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
-                                                  xaxis=dict(visible=False), yaxis=dict(visible=False))))
+            self.view.show(_blank())
             return
         metric, label = _metric(table)
         values = table.loc[table["test_examples"] > 0, metric]
@@ -84,9 +89,8 @@ class ClientView:
                             f"median {np.median(values):.3f}, worst {values.min():.3f}, best {values.max():.3f}, "
                             f"spread (p90 - p10) {np.percentile(values, 90) - np.percentile(values, 10):.3f} "
                             f"over {len(values)} clients")
-        self._set(go.FigureWidget(clients_figure(table, color)))
+        self.view.show(clients_figure(table, color))
 
-    def _set(self, figure) -> None:
-        """Show a new figure (a layout replaced in place is not redrawn by the browser)."""
-        self.figure = figure
-        self.box.children = (self.title, figure)
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure

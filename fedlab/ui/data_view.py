@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from fedlab.ui.plot import PlotView
 from fedlab.ui.runner import DataCache, Latest
 
 MAX_CLIENTS = 200                   # more clients: the first 200 are drawn (the summary says so)
@@ -89,9 +90,9 @@ class DataView:
     def __init__(self, cache: DataCache):
         self.cache = cache
         self.status = W.HTML("<i>the data shows here once loaded</i>")
-        self.figure = go.FigureWidget(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
-                                                  xaxis=dict(visible=False), yaxis=dict(visible=False)))
-        self.box = W.VBox([self.status, self.figure], layout=W.Layout(width="100%"))
+        self.view = PlotView(go.Figure(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
+                                                   xaxis=dict(visible=False), yaxis=dict(visible=False))))
+        self.box = W.VBox([self.status, self.view.widget], layout=W.Layout(width="100%"))
         self.box.add_class("fedlab-data-view")
         self.worker = Latest("fedlab-data-view")
         self.key: tuple | None = None           # the setting drawn (or being loaded)
@@ -126,12 +127,15 @@ class DataView:
             return
         if key != self.key:
             return
-        self.figure = go.FigureWidget(partition_figure(data))       # a new widget: a layout replaced in
-        self.box.children = (self.status, self.figure)               # place is not redrawn by the browser
+        self.view.show(partition_figure(data))
         self.drawn, self.data = key, data
         self.status.value = f"<span class='fedlab-data-summary'>{data_summary(data)}</span>"
         if self.on_loaded is not None:
             self.on_loaded(data)
+
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.worker.wait(timeout)
