@@ -83,7 +83,7 @@ class Protocol(NamedTuple):
 
 
 @register_algorithm("fedmd")
-def fedmd(*, client_lr: float = 0.001, optimizer: str = "adam", public_epochs: int = 5, private_epochs: int = 10,
+def fedmd(*, client_lr: float = 0.01, optimizer: str = "adam", public_epochs: int = 5, private_epochs: int = 10,
           digest_steps: int = 50, public_rows: int = 0, digest_loss: str = "l1") -> Protocol:
     """FedMD (Li & Wang 2019): heterogeneous parties distil a consensus of class scores on a public set."""
     client_lr = check_number("client_lr", client_lr, 0, low_open=True)
