@@ -101,22 +101,22 @@ def test_single_architecture_without_digest_equals_islands(data):
     model, B = built.models[0], e.batch_size
     root = jax.random.key(e.seed)
     opt = optax.sgd(0.1)
+    def train(params, x, y, key, steps):
+        for s in range(steps):
+            idx = np.asarray(jax.random.randint(jax.random.fold_in(key, s), (B,), 0, len(y)))
+            grads = jax.grad(lambda p, xb, yb: optax.softmax_cross_entropy_with_integer_labels(
+                model.apply(p, xb), yb).mean())(params, x[idx], y[idx])
+            params = optax.apply_updates(params, opt.update(grads, opt.init(params))[0])
+        return params
+
     for k in range(built.data.num_clients):
         x, y = built.data.client(k, "train")
+        steps = math.ceil(2 * len(y) / B)
         params = model.init(jax.random.fold_in(jax.random.fold_in(root, 1), k))
-
-        def train(params, key, steps):
-            for s in range(steps):
-                idx = np.asarray(jax.random.randint(jax.random.fold_in(key, s), (B,), 0, len(y)))
-                grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-                    model.apply(p, x[idx]), y[idx]).mean())(params)
-                params = optax.apply_updates(params, opt.update(grads, opt.init(params))[0])
-            return params
-
-        params = train(params, jax.random.fold_in(jax.random.fold_in(root, 3), k), math.ceil(2 * len(y) / B))
+        params = train(params, x, y, jax.random.fold_in(jax.random.fold_in(root, 3), k), steps)
         for r in (1, 2):
             rk = jax.random.fold_in(jax.random.fold_in(root, 4), r)
-            params = train(params, jax.random.fold_in(jax.random.fold_in(rk, 2), k), math.ceil(2 * len(y) / B))
+            params = train(params, x, y, jax.random.fold_in(jax.random.fold_in(rk, 2), k), steps)
         for got, want in zip(jax.tree.leaves(h.params[k]), jax.tree.leaves(params)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
