@@ -148,6 +148,10 @@ def test_divergence_ends_the_run(data):
         h = e.run(data=data, progress=False)
     assert h.status == "diverged" and h.message.startswith("diverged at round 1 (non-finite")
     assert len(h) == 0 and all(np.isfinite(leaf).all() for p in h.params for leaf in jax.tree.leaves(p))
+    with pytest.warns(fedlab.core.simulate.RunEndedWarning):      # already in transfer learning
+        h = experiment(algorithm_options={**FAST, "client_lr": 1e30}).run(data=data, progress=False)
+    assert h.status == "diverged" and h.message.startswith("diverged in transfer learning (non-finite")
+    assert h.per_client is None and all(np.isfinite(leaf).all() for p in h.params for leaf in jax.tree.leaves(p))
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -504,12 +504,12 @@ def run(experiment, *, callbacks=(), progress: bool = True, out=None, checkpoint
     status, message = "completed", None
     revisit = _revisit_steps(experiment)
     n_pub = len(built.public.y)
-    R = n_pub if protocol.public_rows in (0,) or protocol.public_rows >= n_pub else protocol.public_rows
+    R = n_pub if protocol.public_rows == 0 or protocol.public_rows >= n_pub else protocol.public_rows
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=experiment.rounds, desc="fedmd", unit="round", leave=False)
-    last_good = transfer = None
+    last_good, transfer = parties.party_params(), None      # the initial models, then the last finite ones
     try:
         losses = parties.train_public(protocol.public_epochs, jax.random.fold_in(root, 2))
         bad = parties.non_finite(losses)
@@ -517,10 +517,10 @@ def run(experiment, *, callbacks=(), progress: bool = True, out=None, checkpoint
             losses = parties.train_private(lambda n: parties.epochs_steps(protocol.private_epochs, n),
                                            jax.random.fold_in(root, 3))
             bad = parties.non_finite(losses)
-        transfer = parties.evaluate()
         if bad is not None:
             status, message = "diverged", f"diverged in transfer learning ({bad})"
-        last_good = parties.party_params()
+        else:
+            transfer, last_good = parties.evaluate(), parties.party_params()
         x_pub = parties.x_public
         for r in range(1, experiment.rounds + 1) if status == "completed" else ():
             start = time.perf_counter()
