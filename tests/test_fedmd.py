@@ -211,3 +211,10 @@ def test_settings_round_trip_and_cli(tmp_path, capsys):
     assert cli.main(["run", "--algorithm", "fedmd", "--models", "logreg,resnet", "--public", "digits"]) == 2
     assert capsys.readouterr().err.strip() == ("fedlab: error: --models: unknown architecture 'resnet'; "
                                                "choose from ['cnn', 'logreg', 'mlp']")
+
+
+def test_baselines_transfer_is_fedmd_before_round_one(data, history):
+    table = fedmd.baselines(experiment(), data=data)
+    assert list(table["architecture"]) == list(history.per_client["architecture"])
+    np.testing.assert_allclose(table["transfer"], history.per_client["transfer_accuracy"])
+    assert table[["islands", "transfer", "pooled"]].apply(lambda c: c.between(0, 1)).all().all()
