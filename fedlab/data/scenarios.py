@@ -182,10 +182,16 @@ def vertical_split(df: pd.DataFrame, parties: Mapping[str, Sequence[str]], *, id
     return out
 
 
-def lending_vertical(key=None, *, coverage: Mapping[str, float] | None = None) -> dict:
+def lending_vertical(key=None, *, coverage: Mapping[str, float] | None = None, sample: float = 1.0) -> dict:
     """Risk control, vertically: lending_club split into ``LENDING_PARTIES`` (platform: application
-    and outcome ``Class``; bank: bureau file, rate and grade), each holding ``coverage`` of the loans."""
-    df = _rdataset("modeldata", "lending_club").drop(columns=["rownames", "addr_state"])
+    and outcome ``Class``; bank: bureau file, rate and grade), each holding ``coverage`` of the loans.
+    sample: the fraction of the table's loans to start from (seeded; < 1 for quick runs)."""
+    check_number("sample", sample, 0, 1, low_open=True)
+    key = _random.as_key(0 if key is None else key)
+    df = _rdataset("modeldata", "lending_club").drop(columns="addr_state")
+    df = df.assign(customer_id="C" + df.pop("rownames").astype(str).str.zfill(6))
+    if sample < 1:
+        df = df[_random.uniform(_random.subkey(key, 1000), len(df)) < sample].reset_index(drop=True)
     return vertical_split(df, LENDING_PARTIES, id_column="customer_id", coverage=coverage, key=key)
 
 
