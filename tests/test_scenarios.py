@@ -51,6 +51,10 @@ def test_vertical_split_rejects_bad_input():
         scenarios.vertical_split(df, {"a": ["amount"], "b": ["util"]}, coverage={"a": float("nan")})
     with pytest.raises(ValueError, match="coverage"):
         scenarios.vertical_split(df, {"a": ["amount"], "b": ["util"]}, coverage={"c": 0.5})
+    with pytest.raises(ValueError, match="sample"):
+        scenarios.lending_vertical(sample=0.0)
+    with pytest.raises(ValueError, match="fraction"):
+        scenarios.flights_weather(fraction=float("inf"))
 
 
 def test_lending_vertical_rejoins_to_the_table():
