@@ -25,8 +25,9 @@ cipher ``fedlab.vertical``'s SecureBoost uses): each party encrypts its intermed
 its own key, the other computes its encrypted gradient homomorphically, adds a random mask, and
 the key holder decrypts the masked gradient (see ``protected_gradients``).
 
-    source, target, test_labels = credit_parties(overlap=200, key=jax.random.key(0))
-    result = fit_ftl(source, target, label_column="Status", key=jax.random.key(1), test_labels=test_labels)
+    split = credit_parties(overlap=200, key=jax.random.key(0))      # or digits_parties
+    result = fit_ftl(split.source, split.target, label_column="Status", key=jax.random.key(1),
+                     test_labels=split.test_labels)
     result.accuracy, result.auc, result.history
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ from fedlab.vertical.psi import Alignment, psi_align
 
 __all__ = ["FTLConfig", "FTLResult", "TargetResult", "ExchangeCost", "representation_net", "ftl_objective",
            "prepare_parties", "fit_ftl", "fit_target_alone", "protected_gradients", "plain_gradients",
-           "credit_parties", "CREDIT_SOURCE_COLUMNS", "CREDIT_TARGET_COLUMNS", "overlap_comparison",
+           "credit_parties", "digits_parties", "PartySplit", "CREDIT_SOURCE_COLUMNS", "CREDIT_TARGET_COLUMNS", "overlap_comparison",
            "overlap_table"]
 
 LOSSES = ("taylor", "logistic")
@@ -563,20 +564,46 @@ CREDIT_SOURCE_COLUMNS = ("Seniority", "Home", "Time", "Marital", "Records", "Job
 CREDIT_TARGET_COLUMNS = ("Age", "Expenses", "Income", "Assets", "Debt")
 
 
-class CreditSplit(NamedTuple):
-    """source: the lender's frame (id, Status, its encoded columns) for its ``source_rows``
-    customers; target: the bank's frame (id, its encoded columns) for the overlap plus
-    ``test_rows`` customers of its own, shuffled; test_labels: [len(target)] true Status of the
-    target's rows (for scoring only); reference: the bank's encoded columns and the Status for
-    every source customer (what the bank would have with all labels: the upper reference)."""
+class PartySplit(NamedTuple):
+    """source: the source party's frame (id, label, its encoded columns) for its customers;
+    target: the target party's frame (id, its encoded columns) for the overlap plus ``test_rows``
+    customers of its own, shuffled; test_labels: [len(target)] true labels of the target's rows
+    (for scoring only); reference: the target's encoded columns and the label for every source
+    customer (what the target would have with all labels: the upper reference); label_column."""
 
     source: pd.DataFrame
     target: pd.DataFrame
     test_labels: np.ndarray
     reference: pd.DataFrame
+    label_column: str
 
 
-def credit_parties(*, overlap: int, key, test_rows: int = 1454) -> CreditSplit:
+CreditSplit = PartySplit
+
+
+def _split_rows(total, overlap, test_rows, key):
+    """(source rows, target rows): rows shuffled by key; the first test_rows go to the target
+    only, the rest to the source; the first ``overlap`` source rows to the target too (its rows
+    shuffled again)."""
+    check_int("test_rows", test_rows, 1, total - 2)
+    check_int("overlap", overlap, 2, total - test_rows)
+    perm = np.asarray(jax.random.permutation(key, total))
+    test, pool = perm[:test_rows], perm[test_rows:]
+    target_rows = np.concatenate([pool[:overlap], test])
+    return pool, target_rows[np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(target_rows)))]
+
+
+def _party_split(labels, label_column, xs, xt, pool, target_rows, prefix):
+    ids = np.array([f"{prefix}{i + 1:04d}" for i in range(len(labels))])
+    source = pd.concat([pd.DataFrame({"id": ids[pool], label_column: labels[pool]}),
+                        xs.iloc[pool].reset_index(drop=True)], axis=1)
+    target = pd.concat([pd.DataFrame({"id": ids[target_rows]}), xt.iloc[target_rows].reset_index(drop=True)], axis=1)
+    reference = pd.concat([pd.DataFrame({"id": ids[pool], label_column: labels[pool]}),
+                           xt.iloc[pool].reset_index(drop=True)], axis=1)
+    return PartySplit(source, target, labels[target_rows], reference, label_column)
+
+
+def credit_parties(*, overlap: int, key, test_rows: int = 1454) -> PartySplit:
     """Split modeldata's credit_data (4,454 loans, Status good/bad) into two FTL parties.
 
     Rows are shuffled by ``key``; the first ``test_rows`` belong to the bank (target) only, the other
@@ -590,41 +617,54 @@ def credit_parties(*, overlap: int, key, test_rows: int = 1454) -> CreditSplit:
 
     df = _rdataset("modeldata", "credit_data").drop(columns="rownames").reset_index(drop=True)
     total = len(df)
-    check_int("test_rows", test_rows, 1, total - 2)
-    check_int("overlap", overlap, 2, total - test_rows)
-    perm = np.asarray(jax.random.permutation(key, total))
-    test, pool = perm[:test_rows], perm[test_rows:]
-    target_rows = np.concatenate([pool[:overlap], test])
-    target_rows = target_rows[np.asarray(jax.random.permutation(jax.random.fold_in(key, 1), len(target_rows)))]
-    ids = np.array([f"C{i + 1:04d}" for i in range(total)])
+    pool, target_rows = _split_rows(total, overlap, test_rows, key)
 
     def encode(columns, fit_rows):
         mask = np.zeros(total, bool)
         mask[fit_rows] = True
-        central = from_dataframe(df, "Status", features=list(columns), log_columns=[c for c in ("Income", "Assets", "Debt") if c in columns],
-                                 fit_rows=mask, name="credit_data")
+        central = from_dataframe(df, "Status", features=list(columns), fit_rows=mask, name="credit_data",
+                                 log_columns=[c for c in ("Income", "Assets", "Debt") if c in columns])
         return pd.DataFrame(central.x.reshape(total, -1), columns=list(central.feature_names))
 
     xs, xt = encode(CREDIT_SOURCE_COLUMNS, pool), encode(CREDIT_TARGET_COLUMNS, target_rows)
-    status = df["Status"].to_numpy()
-    source = pd.concat([pd.DataFrame({"id": ids[pool], "Status": status[pool]}),
-                        xs.iloc[pool].reset_index(drop=True)], axis=1)
-    target = pd.concat([pd.DataFrame({"id": ids[target_rows]}), xt.iloc[target_rows].reset_index(drop=True)], axis=1)
-    reference = pd.concat([pd.DataFrame({"id": ids[pool], "Status": status[pool]}),
-                           xt.iloc[pool].reset_index(drop=True)], axis=1)
-    return CreditSplit(source, target, status[target_rows], reference)
+    return _party_split(df["Status"].to_numpy(), "Status", xs, xt, pool, target_rows, "C")
+
+
+def digits_parties(*, overlap: int, key, test_rows: int = 497) -> PartySplit:
+    """scikit-learn's digits (1,797 8x8 images) as two parties: the source sees the left half of
+    every image it holds (pixel columns 0-3, 32 features) and the label ``digit`` "high" (5-9) or
+    "low" (0-4); the target sees the right half (columns 4-7) of its own images. Pixels / 16, no
+    other encoding. Rows as ``credit_parties`` (default: 497 target-only images, 1,300 source
+    images, the first ``overlap`` of them the target's too). IDs "D0001", ..."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = data.images / 16.0
+    pool, target_rows = _split_rows(len(images), overlap, test_rows, key)
+    left = pd.DataFrame(images[:, :, :4].reshape(len(images), -1),
+                        columns=[f"px{r}_{c}" for r in range(8) for c in range(4)])
+    right = pd.DataFrame(images[:, :, 4:].reshape(len(images), -1),
+                         columns=[f"px{r}_{c}" for r in range(8) for c in range(4, 8)])
+    labels = np.where(data.target >= 5, "high", "low")
+    return _party_split(labels, "digit", left, right, pool, target_rows, "D")
+
+
+DATASETS = {"credit": credit_parties, "digits": digits_parties}
 
 
 # ---------------------------------------------------------------- the overlap-size comparison
 
-def overlap_comparison(overlaps, seeds, *, config: FTLConfig | None = None, reference_epochs: int = 30,
-                       log=None, **options) -> pd.DataFrame:
-    """Target-party accuracy vs overlap size on ``credit_parties``: one row per (seed, overlap,
-    method) with accuracy and AUC on the bank's 1,454 customers outside the overlap. Methods: "FTL"
+def overlap_comparison(overlaps, seeds, *, dataset: str = "credit", config: FTLConfig | None = None,
+                       reference_epochs: int = 30, log=None, **options) -> pd.DataFrame:
+    """Target-party accuracy vs overlap size on ``credit_parties`` (dataset "credit") or
+    ``digits_parties`` ("digits"): one row per (seed, overlap, method) with accuracy and AUC on the
+    target's customers outside the overlap. Methods: "FTL"
     (``fit_ftl``), "target alone" (``fit_target_alone`` on the overlap's labels) and "all labels"
-    (the upper reference: the bank's features with every source customer's label, trained
+    (the upper reference: the target's features with every source customer's label, trained
     ``reference_epochs`` epochs; overlap NaN, once per seed). Seed s splits with key(s) and trains with
     key(100 + s). ``log(row)`` is called after each row."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
     config = FTLConfig.from_options(**options) if config is None else config
     rows = []
 
@@ -636,9 +676,9 @@ def overlap_comparison(overlaps, seeds, *, config: FTLConfig | None = None, refe
     for seed in seeds:
         train_key = jax.random.key(100 + seed)
         for i, overlap in enumerate(overlaps):
-            split = credit_parties(overlap=overlap, key=jax.random.key(seed))
+            split = DATASETS[dataset](overlap=overlap, key=jax.random.key(seed))
             t = time.perf_counter()
-            result = fit_ftl(split.source, split.target, label_column="Status", key=train_key, config=config,
+            result = fit_ftl(split.source, split.target, label_column=split.label_column, key=train_key, config=config,
                              test_labels=split.test_labels, psi_key=jax.random.key(seed))
             add({"seed": seed, "overlap": overlap, "method": "FTL", "accuracy": result.accuracy, "auc": result.auc,
                  "seconds": time.perf_counter() - t})
@@ -652,8 +692,8 @@ def overlap_comparison(overlaps, seeds, *, config: FTLConfig | None = None, refe
             if i == 0:              # the same pool of source customers for every overlap of a seed
                 ref = split.reference
                 t = time.perf_counter()
-                upper = fit_target_alone(ref.drop(columns=["id", "Status"]).to_numpy(), np.where(
-                    ref["Status"] == p.classes[1], 1, -1), p.xb[p.rest_b], y_test, key=train_key,
+                upper = fit_target_alone(ref.drop(columns=["id", split.label_column]).to_numpy(), np.where(
+                    ref[split.label_column] == p.classes[1], 1, -1), p.xb[p.rest_b], y_test, key=train_key,
                     config=dataclasses.replace(config, epochs=reference_epochs))
                 add({"seed": seed, "overlap": np.nan, "method": "all labels", "accuracy": upper.accuracy,
                      "auc": upper.auc, "seconds": time.perf_counter() - t})
