@@ -211,3 +211,19 @@ def test_ftl_beats_target_alone_on_a_known_construction():
     for ftl_acc, alone_acc in wins:
         assert ftl_acc > alone_acc + 0.05, wins          # measured: 0.85 vs 0.73, 0.83 vs 0.73
         assert ftl_acc > 0.78, wins
+
+
+def test_encrypted_training_follows_plain_training():
+    source, target = _frames(n_source=30, n_target=12, shared=6)
+    kw = dict(label_column="y", dim=2, hidden=0, epochs=2, batch_size=6, lr=0.05, key=jax.random.key(3),
+              psi_key=jax.random.key(0))
+    plain = ftl.fit_ftl(source, target, **kw)
+    protected = ftl.fit_ftl(source, target, encrypt=True, key_bits=512, insecure_test_key=True, **kw)
+    for a, b in ((plain.params_a, protected.params_a), (plain.params_b, protected.params_b)):
+        np.testing.assert_allclose(ravel_pytree(b)[0], ravel_pytree(a)[0], atol=1e-4)
+    np.testing.assert_allclose(protected.history["loss"], plain.history["loss"], rtol=1e-4)
+    assert (protected.history["ciphertexts"] > 0).all() and (protected.history["crypto_seconds"] > 0).all()
+    with pytest.raises(ValueError, match="loss must be 'taylor' with encrypt=True"):
+        ftl.fit_ftl(source, target, encrypt=True, loss="logistic", insecure_test_key=True, key_bits=512, **kw)
+    with pytest.raises(ValueError, match="key_bits must be >= 2048"):
+        ftl.FTLConfig(encrypt=True, key_bits=1024)

@@ -65,7 +65,9 @@ class FTLConfig:
     loss: "taylor" (the paper's approximation, needed by ``protected_gradients``) or "logistic";
     epochs, batch_size: passes over the overlap and overlap customers per step (the whole overlap
     when it is smaller; an epoch's remainder rows are dropped); lr: Adam's step size for both
-    parties.
+    parties. encrypt: every step's gradients travel by ``protected_gradients`` (Paillier, slow:
+    seconds per step; needs loss "taylor"); key_bits: the parties' Paillier modulus, >= 2048
+    unless insecure_test_key; fraction_bits: the fixed-point precision of the encrypted values.
     """
 
     dim: int = 8
@@ -76,6 +78,10 @@ class FTLConfig:
     epochs: int = 100
     batch_size: int = 64
     lr: float = 0.01
+    encrypt: bool = False
+    key_bits: int = 2048
+    fraction_bits: int = 24
+    insecure_test_key: bool = False
 
     def __post_init__(self):
         check_int("dim", self.dim, 1, 4096)
@@ -87,6 +93,17 @@ class FTLConfig:
         check_number("lr", self.lr, 0, low_open=True)
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("encrypt", "insecure_test_key"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_int("key_bits", self.key_bits, 256)
+        check_int("fraction_bits", self.fraction_bits, 8, 60)
+        if self.encrypt and self.loss != "taylor":
+            raise ValueError(f"loss must be 'taylor' with encrypt=True (the paper's linearised loss is what "
+                             f"travels encrypted), got {self.loss!r}")
+        if self.encrypt and self.key_bits < 2048 and not self.insecure_test_key:
+            raise ValueError(f"key_bits must be >= 2048 for real use, got {self.key_bits}; "
+                             "pass insecure_test_key=True to allow a small key in tests")
 
     @classmethod
     def from_options(cls, **options) -> "FTLConfig":
@@ -226,7 +243,8 @@ class FTLResult(NamedTuple):
     """params_a, params_b: the parties' networks; phi: [d] A's label summary Phi; scores: [len(rest_b)]
     phi_j = Phi . u_B_j for B's customers outside the overlap (rows ``parties.rest_b`` of the
     target frame; label +1 when > 0); accuracy, auc: on them (NaN without test labels);
-    history: one row per epoch (epoch, loss, prediction, alignment, regularization[, accuracy, auc])."""
+    history: one row per epoch (epoch, loss, prediction, alignment, regularization[, crypto_seconds,
+    ciphertexts with encrypt][, accuracy, auc])."""
 
     params_a: Any
     params_b: Any
@@ -314,6 +332,32 @@ def fit_ftl(source: pd.DataFrame, target: pd.DataFrame, *, label_column: str, ke
         params = tuple(optax.apply_updates(p, u) for p, (u, _) in zip(params, new))
         return params, tuple(s for _, s in new), value, terms
 
+    objective = jax.jit(lambda p, xa_batch, xb_batch, y_batch: ftl_objective(
+        p[0], p[1], net_a, net_b, xa, ya, xa_batch, xb_batch, y_batch, **kw))
+
+    @jax.jit
+    def apply(params, opt_state, grads):
+        new = [opt.update(g, s, p) for g, s, p in zip(grads, opt_state, params)]
+        return tuple(optax.apply_updates(p, u) for p, (u, _) in zip(params, new)), tuple(s for _, s in new)
+
+    keypairs = None
+    if config.encrypt:
+        from phe import paillier
+
+        keypairs = tuple(paillier.generate_paillier_keypair(n_length=config.key_bits) for _ in range(2))
+
+    def protected_step(params, opt_state, xa_batch, xb_batch, y_batch):
+        """One step whose gradients come from the Paillier exchange; the loss in the history is
+        computed beside it for display (the parties would not see it in the clear)."""
+        value, terms = objective(params, xa_batch, xb_batch, y_batch)
+        grad_a, grad_b, cost = protected_gradients(
+            params[0], params[1], net_a, net_b, xa, ya, xa_batch, xb_batch, y_batch, gamma=config.gamma,
+            lam=config.lam, key_bits=config.key_bits, fraction_bits=config.fraction_bits,
+            insecure_test_key=config.insecure_test_key, keypairs=keypairs)
+        params, opt_state = apply(params, opt_state, (grad_a, grad_b))
+        return params, opt_state, value, {**terms, "crypto_seconds": cost.seconds,
+                                          "ciphertexts": cost.ciphertexts_a_to_b + cost.ciphertexts_b_to_a}
+
     @jax.jit
     def score(params):
         phi = jnp.mean(ya[:, None] * net_a.apply(params[0], xa), axis=0)
@@ -324,10 +368,13 @@ def fit_ftl(source: pd.DataFrame, target: pd.DataFrame, *, label_column: str, ke
         sums = {}
         batches = _batches(key_batch, len(y_ov), config.batch_size, epoch)
         for idx in batches:
-            params, opt_state, value, terms = step(params, opt_state, xa_ov[idx], xb_ov[idx], y_ov[idx])
+            params, opt_state, value, terms = (protected_step if config.encrypt else step)(
+                params, opt_state, xa_ov[idx], xb_ov[idx], y_ov[idx])
             for k, v in {"loss": value, **terms}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         row = {"epoch": epoch + 1, **{k: sums[k] / len(batches) for k in ("loss", *TERMS)}}
+        if config.encrypt:          # totals over the epoch's exchanges
+            row.update(crypto_seconds=sums["crypto_seconds"], ciphertexts=int(sums["ciphertexts"]))
         if y_test is not None:
             row["accuracy"], row["auc"] = _scores_metrics(np.asarray(score(params)[1]), y_test)
         rows.append(row)
