@@ -2,13 +2,13 @@
 party's accuracy on its customers outside the overlap, vs the overlap size, for FTL and for the
 target party alone; and the cost of one Paillier-protected gradient exchange.
 
-    python benchmarks/ftl_overlap.py [--smoke] [--out benchmarks/results/ftl_overlap_credit.csv]
+    python benchmarks/ftl_overlap.py [--smoke] [--dataset credit|digits] [--gamma 0.1] [--no-exchange]
 
 Data: modeldata's credit_data (4,454 loans, Status good/bad, 72 % good), split by
 ``fedlab.transfer.ftl.credit_parties``: the lender (source) holds Seniority, Home, Time, Marital,
 Records, Job, Amount, Price and Status for 3,000 customers; the bank (target) holds Age,
 Expenses, Income, Assets, Debt for 1,454 customers of its own plus the overlap (50, 200, 1000 of
-the lender's). Default FTLConfig (d = 8, one hidden layer of 16, gamma 1, lam 1e-3, Taylor loss,
+the lender's). Default FTLConfig (d = 8, one hidden layer of 16, gamma 0.1 (``--gamma``), lam 1e-3, Taylor loss,
 100 epochs of batches of 64, Adam 0.01) for FTL and for the target alone (same network + a
 linear head); the all-labels reference trains 30 epochs on the bank's features of all 3,000
 lender customers. Seeds 0, 1, 2. ``--dataset digits``: scikit-learn's digits, "high" (5-9) vs "low"
@@ -40,7 +40,7 @@ def exchange_cost(rows: int, key_bits: int) -> ftl.ExchangeCost:
     params_a, params_b = net_a.init(jax.random.key(1)), net_b.init(jax.random.key(2))
     args = (params_a, params_b, net_a, net_b, p.xa, p.ya, p.xa[p.overlap_a[:rows]], p.xb[p.overlap_b[:rows]],
             p.ya[p.overlap_a[:rows]])
-    plain = ftl.plain_gradients(*args, gamma=config.gamma, lam=config.lam)
+    plain = ftl.plain_gradients(*args, gamma=config.gamma, lam=config.lam)    # the default config
     *protected, cost = ftl.protected_gradients(*args, gamma=config.gamma, lam=config.lam, key_bits=key_bits,
                                                insecure_test_key=key_bits < 2048)
     error = max(float(np.max(np.abs(ravel_pytree(a)[0] - ravel_pytree(b)[0]))) for a, b in zip(plain, protected))
@@ -56,10 +56,12 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--dataset", default="credit", choices=["credit", "digits"])
     parser.add_argument("--out", default=None, help="default benchmarks/results/ftl_overlap_DATASET.csv")
+    parser.add_argument("--gamma", type=float, default=ftl.FTLConfig.gamma, help="alignment weight")
     parser.add_argument("--no-exchange", action="store_true", help="skip the protected-exchange cost")
     args = parser.parse_args(argv)
-    out = args.out or f"benchmarks/results/ftl_overlap_{args.dataset}.csv"
+    out = args.out or f"benchmarks/results/ftl_overlap_{args.dataset}_gamma{args.gamma:g}.csv"
     overlaps, seeds, options = ([50, 200], [0], {"epochs": 5}) if args.smoke else ([50, 200, 1000], [0, 1, 2], {})
+    options["gamma"] = args.gamma
     start = time.time()
     table = ftl.overlap_comparison(overlaps, seeds, dataset=args.dataset, log=lambda r: print(r, flush=True),
                                    **options)

@@ -61,7 +61,8 @@ class FTLConfig:
 
     dim: d, the size of the shared representation; hidden: width of each party's one hidden
     ReLU layer (0: a linear map); the representation is tanh of the last layer, so |u| <= 1.
-    gamma: weight of the alignment term; lam: L2 weight on both parties' parameters;
+    gamma: weight of the alignment term (at 1 both representations collapsed to a constant on
+    digits, Phi -> 0: the README's table); lam: L2 weight on both parties' parameters;
     loss: "taylor" (the paper's approximation, needed by ``protected_gradients``) or "logistic";
     epochs, batch_size: passes over the overlap and overlap customers per step (the whole overlap
     when it is smaller; an epoch's remainder rows are dropped); lr: Adam's step size for both
@@ -72,7 +73,7 @@ class FTLConfig:
 
     dim: int = 8
     hidden: int = 16
-    gamma: float = 1.0
+    gamma: float = 0.1
     lam: float = 1e-3
     loss: str = "taylor"
     epochs: int = 100
