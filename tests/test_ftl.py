@@ -159,6 +159,7 @@ def test_same_key_same_result_other_key_differs():
     (lambda s, t, o: (s.assign(y=np.arange(len(s)) % 3), t, o), "binary"),
     (lambda s, t, o: (s.assign(id=np.where(np.arange(len(s)) == 0, None, s["id"])), t, o), "missing IDs"),
     (lambda s, t, o: (s.assign(a0="x"), t, o), "numeric"),
+    (lambda s, t, o: (s, t, {**o, "test_labels": np.array(["good"] * 3)}), "test_labels"),
 ])
 def test_bad_input_is_one_clear_error(change, message):
     source, target = _frames()

@@ -46,7 +46,7 @@ import pandas as pd
 from fedlab.core.checks import check_int, check_number
 from fedlab.vertical.psi import Alignment, psi_align
 
-__all__ = ["FTLConfig", "FTLResult", "TargetResult", "ExchangeCost", "representation_net", "ftl_objective",
+__all__ = ["FTLConfig", "FTLResult", "Parties", "TargetResult", "ExchangeCost", "representation_net", "ftl_objective",
            "prepare_parties", "fit_ftl", "fit_target_alone", "protected_gradients", "plain_gradients",
            "credit_parties", "digits_parties", "PartySplit", "CREDIT_SOURCE_COLUMNS", "CREDIT_TARGET_COLUMNS", "overlap_comparison",
            "overlap_table"]
@@ -309,6 +309,9 @@ def fit_ftl(source: pd.DataFrame, target: pd.DataFrame, *, label_column: str, ke
     for name, frame in (("source", source), ("target", target)):
         if isinstance(frame, pd.DataFrame) and id_column in frame.columns and frame[id_column].isna().any():
             raise ValueError(f"id_column: {name}[{id_column!r}] has missing IDs")
+    if test_labels is not None and isinstance(target, pd.DataFrame) and np.shape(test_labels) != (len(target),):
+        raise ValueError(f"test_labels must hold one label per target row ({len(target)}), "
+                         f"got shape {np.shape(test_labels)}")
     parties = prepare_parties(source, target, label_column=label_column, id_column=id_column, psi_key=psi_key)
     y_test = _test_labels(test_labels, target, parties.rest_b, parties.classes)
 
