@@ -2,7 +2,8 @@
 party's accuracy on its customers outside the overlap, vs the overlap size, for FTL and for the
 target party alone; and the cost of one Paillier-protected gradient exchange.
 
-    python benchmarks/ftl_overlap.py [--smoke] [--dataset credit|digits] [--gamma 0.1] [--no-exchange]
+    python benchmarks/ftl_overlap.py [--smoke] [--dataset credit|digits] [--gamma 0.1] [--loss taylor|logistic]
+                                       [--no-exchange]
 
 Data: modeldata's credit_data (4,454 loans, Status good/bad, 72 % good), split by
 ``fedlab.transfer.ftl.credit_parties``: the lender (source) holds Seniority, Home, Time, Marital,
@@ -57,11 +58,13 @@ def main(argv=None):
     parser.add_argument("--dataset", default="credit", choices=["credit", "digits"])
     parser.add_argument("--out", default=None, help="default benchmarks/results/ftl_overlap_DATASET.csv")
     parser.add_argument("--gamma", type=float, default=ftl.FTLConfig.gamma, help="alignment weight")
+    parser.add_argument("--loss", default="taylor", choices=["taylor", "logistic"])
     parser.add_argument("--no-exchange", action="store_true", help="skip the protected-exchange cost")
     args = parser.parse_args(argv)
-    out = args.out or f"benchmarks/results/ftl_overlap_{args.dataset}_gamma{args.gamma:g}.csv"
+    suffix = "" if args.loss == "taylor" else f"_{args.loss}"
+    out = args.out or f"benchmarks/results/ftl_overlap_{args.dataset}_gamma{args.gamma:g}{suffix}.csv"
     overlaps, seeds, options = ([50, 200], [0], {"epochs": 5}) if args.smoke else ([50, 200, 1000], [0, 1, 2], {})
-    options["gamma"] = args.gamma
+    options.update(gamma=args.gamma, loss=args.loss)
     start = time.time()
     table = ftl.overlap_comparison(overlaps, seeds, dataset=args.dataset, log=lambda r: print(r, flush=True),
                                    **options)

@@ -23,7 +23,8 @@ encrypted). After training B scores its customers outside the overlap on its own
 ``protected_gradients`` runs the paper's exchange under Paillier (python-paillier ``phe``, the
 cipher ``fedlab.vertical``'s SecureBoost uses): each party encrypts its intermediate terms with
 its own key, the other computes its encrypted gradient homomorphically, adds a random mask, and
-the key holder decrypts the masked gradient (see ``protected_gradients``).
+the key holder decrypts the masked gradient (see ``protected_gradients``); ``encrypt=True`` trains
+with every step's gradients through it.
 
     split = credit_parties(overlap=200, key=jax.random.key(0))      # or digits_parties
     result = fit_ftl(split.source, split.target, label_column="Status", key=jax.random.key(1),
