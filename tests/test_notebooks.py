@@ -9,7 +9,8 @@ from conftest import NOTEBOOKS, execute_notebook
 pytest.importorskip("ipywidgets")
 
 CURRICULUM = ["00_workbench.ipynb", "01_fedavg_from_scratch.ipynb", "02_heterogeneity.ipynb",
-              "03_new_strategy.ipynb", "06_transfer.ipynb", "07_attacks_and_communication.ipynb"]
+              "03_new_strategy.ipynb", "06_transfer.ipynb", "07_attacks_and_communication.ipynb",
+              "11_transfer_learning_ftl.ipynb"]
 SCENARIOS = ["08_risk_control.ipynb", "09_merchant_analytics.ipynb", "10_supply_chain.ipynb",
              "12_precision_marketing.ipynb"]
 
