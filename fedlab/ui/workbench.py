@@ -8,9 +8,11 @@
 The controls describe one ``fedlab.Experiment`` (``wb.experiment()``; ``wb.show(experiment)`` sets
 them from one). Run trains it with ``experiment.run`` in a background thread while the chart
 listens to its rounds; Stop ends it after the current round, Continue takes a stopped run on to
-the rounds it asked for. Each kept run shows as Python code and as a command line. The parts:
-``controls`` (widgets <-> Experiment), ``runner`` (threads, Stop, data), ``charts`` (the live
-chart), ``runs`` (kept runs, table, exports, code); this class wires them.
+the rounds it asked for; Islands and Pooled run the settings' two baselines (``baselines``).
+Each kept run shows as Python code and as a command line. The parts: ``controls`` (widgets <->
+Experiment), ``runner`` (threads, Stop, data), ``charts`` (the live chart), ``runs`` (kept runs,
+table, exports, code), ``clients`` (the per-client view), ``data_view`` (the Data tab), ``presets``;
+this class wires them.
 """
 from __future__ import annotations
 
@@ -487,7 +489,9 @@ class Workbench:
 
     def clients(self, name: str | None = None):
         """The per-client table of kept run ``name`` (default: the chosen, else the last): the final
-        model's test accuracy per client, its size and label skew (a DataFrame)."""
+        model's test accuracy per client, its size and label skew, and ``personal_accuracy`` (the
+        model the client uses) when the run personalizes (a DataFrame). Each round's values per
+        client are the run's ``history.client_rounds``."""
         name = name or self.run_list.chosen_run
         if name not in self.runs:
             raise ValueError(f"no run {name!r}; the runs are {list(self.runs)}")
