@@ -150,8 +150,9 @@ class DataView:
                                                           xaxis=dict(visible=False), yaxis=dict(visible=False)))
         self.quality_box = W.VBox([self.quality_status, self.quality_figure], layout=W.Layout(width="100%"))
         self.quality_box.add_class("fedlab-quality-view")
-        self.box = W.VBox([self.status, self.figure, self.quality_box], layout=W.Layout(width="100%"))
-        self.box.add_class("fedlab-data-view")
+        self.partition_box = W.VBox([self.status, self.figure], layout=W.Layout(width="100%"))
+        self.partition_box.add_class("fedlab-data-view")
+        self.box = W.VBox([self.partition_box, self.quality_box], layout=W.Layout(width="100%"))
         self.report = None                      # the quality report drawn (a DataFrame)
         self.worker = Latest("fedlab-data-view")
         self.key: tuple | None = None           # the setting drawn (or being loaded)
@@ -189,7 +190,7 @@ class DataView:
         if key != self.key:
             return
         self.figure = go.FigureWidget(partition_figure(data))       # a new widget: a layout replaced in
-        self.box.children = (self.status, self.figure, self.quality_box)   # place is not redrawn by the browser
+        self.partition_box.children = (self.status, self.figure)     # place is not redrawn by the browser
         self.drawn, self.data = key, data
         self.status.value = f"<span class='fedlab-data-summary'>{data_summary(data)}</span>"
         if self.on_loaded is not None:
