@@ -91,7 +91,7 @@ def quality_figure(report: pd.DataFrame, threshold: float) -> go.Figure:
                       margin=dict(l=80, r=20, t=50, b=40), autosize=True,
                       title=dict(text=f"data quality: clients x checks (robust z; above {threshold:g} flags; "
                                       "! flagged, * corrupted)", font=dict(size=13)))
-    fig.update_xaxes(title_text="check", side="top")
+    fig.update_xaxes(side="top")
     return fig
 
 

@@ -140,6 +140,8 @@ class Workbench:
         buttons = W.HBox([self.run_button, self.stop_button, self.continue_button, self.islands_button,
                           self.pooled_button, self.reset_button, self.progress],
                          layout=W.Layout(align_items="center"))
+        for button in buttons.children[:-1]:       # never squeezed to "Conti..." by a long status
+            button.layout.flex, button.layout.width = "0 0 auto", "auto"
         data_tab = self.form.tabs.children[0]
         data_tab.children = (*data_tab.children, self.data_view.box)
         self.widget = W.VBox([style, W.HBox([self.preset, self.preset_info], layout=W.Layout(align_items="center")),
