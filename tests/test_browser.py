@@ -166,8 +166,8 @@ def _csv_download(page, tmp_path) -> dict:
 
 def _epsilon_does_not_block(page) -> dict:
     """With a target epsilon the noise is calibrated in the background: a change of another
-    control made while the Privacy tab says "computing epsilon..." reaches the kernel (the command
-    line follows it) before the calibration ends. The page records when each happened."""
+    control made meanwhile reaches the kernel (the command line follows it), and the Privacy tab
+    ends on the calibrated epsilon. The page records when each happened."""
     from playwright.sync_api import expect
 
     # the code view shows the controls (not the last run), so the command line follows every change
@@ -175,33 +175,32 @@ def _epsilon_does_not_block(page) -> dict:
     expect(page.locator(".widget-textarea textarea").nth(1)).to_have_value("python -m fedlab run --rounds 100000",
                                                                            timeout=30_000)
     page.locator(".lm-TabBar-tab", has_text="Privacy").first.click()
+    expect(page.locator(".fedlab-dp-info").first).to_contain_text("no privacy guarantee", timeout=30_000)
     page.evaluate("""() => { window.__seen = {}; const t0 = performance.now();
         window.__watch = setInterval(() => {
-          const info = document.querySelector('.fedlab-dp-info');
-          const computing = info && info.textContent.includes('computing epsilon');
-          if (computing && !window.__seen.computing) window.__seen.computing = performance.now() - t0;
-          if (window.__seen.computing && !computing && !window.__seen.computed) window.__seen.computed = performance.now() - t0;
+          const info = document.querySelector('.fedlab-dp-info'), text = info ? info.textContent : '';
+          if (text.includes('computing epsilon') && !window.__seen.computing) window.__seen.computing = performance.now() - t0;
+          if (text.includes('ε =') && !window.__seen.computed) window.__seen.computed = performance.now() - t0;
           const cmd = document.querySelectorAll('.widget-textarea textarea')[1];
           if (cmd && cmd.value.includes('--batch-size 16') && !window.__seen.handled) window.__seen.handled = performance.now() - t0;
         }, 10); }""")
     page.locator(".widget-toggle-button", has_text="target epsilon").first.click()
-    page.wait_for_function("window.__seen.computing", timeout=60_000, polling=20)
     page.locator(".lm-TabBar-tab", has_text="Training").first.click()
     batch = _labelled(page, "widget-inline-hbox", "batch size").locator("input")
     batch.fill("16")
     batch.press("Enter")
+    # Both arrive, in whichever order: the calibration takes well under a second here, so whether
+    # the change lands before it ends (or the page ever paints "computing epsilon...") is a race
+    # on a busy machine. That the calibration runs off the kernel's main thread is proven with a
+    # slowed calibration in tests/test_ui.py.
     seen = page.wait_for_function("window.__seen.handled && window.__seen.computed && window.__seen",
                                   timeout=300_000, polling=50).json_value()
     page.evaluate("clearInterval(window.__watch)")
-    # The calibration here takes well under a second, so whether the change lands before it ends is a
-    # race on a busy machine; that the calibration runs off the kernel's main thread is proven with a
-    # slowed calibration in tests/test_ui.py. Here: both happen, and the page stays live throughout.
     page.locator(".lm-TabBar-tab", has_text="Privacy").first.click()
-    expect_text = page.locator(".fedlab-dp-info").first
-    expect_text.wait_for(timeout=10_000)
-    assert "ε =" in expect_text.inner_text()
-    return {"epsilon_computing_s": round((seen["computed"] - seen["computing"]) / 1000, 2),
-            "other_control_handled_after_s": round((seen["handled"] - seen["computing"]) / 1000, 2)}
+    expect(page.locator(".fedlab-dp-info").first).to_contain_text("ε =", timeout=10_000)
+    return {"epsilon_computed_after_s": round(seen["computed"] / 1000, 2),
+            "epsilon_computing_shown": "computing" in seen,
+            "other_control_handled_after_s": round(seen["handled"] / 1000, 2)}
 
 
 CLIENT_CURVE = "(() => { const p = document.querySelector('.fedlab-client-curves .js-plotly-plot'); " \
@@ -310,6 +309,24 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     return result
 
 
+def _drive_or_explain(page, tmp_path, tag: str) -> dict:
+    """``_drive``; when a wait times out, fail with what the page and the server showed then
+    (the workbench's status lines, a screenshot, the server log's tail) instead of a bare timeout."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    artifacts = _artifacts(tmp_path)
+    try:
+        return _drive(page, artifacts, tag)
+    except PlaywrightError as err:
+        page.screenshot(path=str(artifacts / f"workbench_{tag}_failed.png"), full_page=True)
+        texts = page.evaluate("[...document.querySelectorAll('.widget-html-content')]"
+                              ".map(e => e.textContent.trim()).filter(t => t).slice(0, 12)")
+        log = (tmp_path / "server.log").read_text()[-3000:]
+        pytest.fail(f"{err.message.splitlines()[0]}\nthe page's status lines: {texts}\nlast round drawn: "
+                    f"{page.evaluate(LAST_ROUND)}\nscreenshot: {artifacts / f'workbench_{tag}_failed.png'}\n"
+                    f"server log (tail):\n{log}")
+
+
 def _browser(p):
     return p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
 
@@ -334,7 +351,7 @@ def test_workbench_runs_live_and_stops_in_jupyterlab(lab, tmp_path):
             page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
             page.locator("button.jupyter-button", has_text="Stop").first.wait_for(timeout=180_000)
             page.get_by_text("| Idle").first.wait_for(timeout=120_000)    # every cell has run
-            _drive(page, _artifacts(tmp_path), "jupyterlab")
+            _drive_or_explain(page, tmp_path, "jupyterlab")
         finally:
             browser.close()
 
@@ -358,7 +375,7 @@ def test_workbench_runs_live_and_stops_in_voila(voila, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1500}, accept_downloads=True)
         try:
             page.goto(voila, timeout=180_000)
-            _drive(page, _artifacts(tmp_path), "voila")
+            _drive_or_explain(page, tmp_path, "voila")
             # app mode: the notebook's prose around the workbench is hidden
             assert not page.get_by_text("Everything the buttons do is also a method").first.is_visible()
         finally:

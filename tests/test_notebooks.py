@@ -7,7 +7,6 @@ import pytest
 from conftest import NOTEBOOKS, execute_notebook
 
 pytest.importorskip("ipywidgets")
-pytest.importorskip("anywidget")
 
 CURRICULUM = ["00_workbench.ipynb", "01_fedavg_from_scratch.ipynb", "02_heterogeneity.ipynb",
               "03_new_strategy.ipynb", "06_transfer.ipynb", "07_attacks_and_communication.ipynb"]

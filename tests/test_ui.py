@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("ipywidgets")
-pytest.importorskip("anywidget")          # plotly >= 7 renders FigureWidget through anywidget
 
 import fedlab  # noqa: E402
 from conftest import ROOT  # noqa: E402
@@ -46,6 +45,12 @@ def cache_dir(tmp_path_factory):
 def make(data, cache_dir, **settings):
     base = dict(rounds=5, clients_per_round=3, local_steps=4, batch_size=8, num_clients=0, client_lr=0.1)
     return Workbench(data, redraw_interval=0.0, compilation_cache=cache_dir, warm_up=False, **{**base, **settings})
+
+
+def sent(view) -> list[dict]:
+    """The traces a PlotView last sent to the browser (its plotly output, as the page receives it)."""
+    (output,) = view.widget.outputs
+    return output["data"]["application/vnd.plotly.v1+json"]["data"]
 
 
 def record_lengths(wb):
@@ -86,6 +91,9 @@ def test_run_click_draws_every_round_and_matches_simulate(data, cache_dir):
                                atol=1e-6)
     mb = wb.figure.data[4]
     np.testing.assert_allclose(mb.y, np.cumsum(direct["bytes_up"] + direct["bytes_down"]) / 1e6, rtol=1e-9)
+    # what the browser got: the same numbers as plain JSON lists (no base64 typed arrays)
+    assert sent(wb.chart.view)[0]["x"] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(sent(wb.chart.view)[0]["y"], direct["test_accuracy"], atol=1e-6)
     assert "done</b>: round 5 of 5" in wb.progress.value
     assert history.settings == wb.experiment().to_dict()                # the run is the controls' Experiment
 
@@ -433,6 +441,7 @@ def test_data_tab_draws_the_partition_off_the_main_thread_and_follows_alpha(data
     np.testing.assert_array_equal(np.array(heat.customdata), data.label_histogram().to_numpy())
     np.testing.assert_allclose(np.array(heat.z).sum(1), 1.0)
     np.testing.assert_array_equal(sizes.x, data.train_counts)
+    assert sent(wb.data_view.view)[0]["customdata"] == data.label_histogram().to_numpy().tolist()
     assert "<b>6</b> clients" in wb.data_view.status.value
     # a slow load happens in the background: the kernel is free, the tab says "loading data..."
     release, load = threading.Event(), wb.data.load
@@ -725,8 +734,6 @@ def test_presets_set_the_controls_to_runnable_settings(data, cache_dir):
 
 # ---- per-client curves, baselines, new chart panels, data quality, more presets ----------------
 def test_the_clients_view_draws_a_chosen_clients_curve_and_global_vs_personal(data, cache_dir):
-    from plotly.callbacks import Points
-
     wb = make(data, cache_dir, rounds=4, algorithm="ditto", lam=0.1)
     history = wb.run()
     view, curves = wb.client_view, history.client_rounds
@@ -747,12 +754,11 @@ def test_the_clients_view_draws_a_chosen_clients_curve_and_global_vs_personal(da
     assert scatter.marker.size[2] == 12 and scatter.marker.size[0] == 7       # the chosen one stands out
     better = int(np.sum(last["personal_accuracy"].to_numpy() > history.per_client["test_accuracy"].to_numpy()))
     assert f"<b>{better} of 6</b>" in view.gain.value
-    # clicking a client's point in a scatter chooses it
-    scatter._dispatch_on_click(Points(point_inds=[4], xs=[0], ys=[0], trace_name="clients", trace_index=3), None)
-    assert view.client.value == "4"
-    by_size = view.figure.data[1]
-    by_size._dispatch_on_click(Points(point_inds=[1], xs=[0], ys=[0], trace_name="", trace_index=1), None)
-    assert view.client.value == "1" and view.curve_figure.data[0].name == "global model"
+    # what the browser gets: the chosen client's curve, as plain numbers
+    view.client.value = "4"
+    shown = sent(view.curve_view)
+    assert shown[0]["name"] == "global model" and shown[0]["x"] == [1, 2, 3, 4]
+    np.testing.assert_allclose(shown[0]["y"], curves[curves["client"] == "4"]["test_accuracy"], rtol=1e-6)
 
 
 def test_islands_and_pooled_are_one_click_baselines_shown_as_named_runs(data, cache_dir):

@@ -291,6 +291,11 @@ class Experiment:
                                     "data-quality audit flags are left out)", "algorithm")
     quality_threshold: float = setting(3.5, "robust z-score above which the quality audit flags a client",
                                        "algorithm")
+    # -- issue 12: FedMD (fedlab.transfer.fedmd): parties with their own architectures, a public set --
+    models: tuple | None = setting(None, "fedmd: the parties' architectures, registered models assigned round-robin, "
+                                   "e.g. logreg,mlp,cnn (default: every party uses --model)", "model")
+    public: str | None = setting(None, "fedmd: the public dataset: a dataset spec (all its rows, e.g. digits) or "
+                                 "holdout:FRAC (a seeded FRAC of each party's training rows)", "data")
     privacy: Privacy | None = setting(None, "differential privacy (None: off)", "privacy", "")
 
     # -- construction ------------------------------------------------------------------------
@@ -383,6 +388,9 @@ class Experiment:
             raise ValueError("sampling: the pld accountant needs poisson sampling")
         self._strategy_without_privacy()       # the factory's own range checks (mu >= 0, ...)
         self._validate_security_and_compression()
+        from fedlab.transfer import fedmd
+
+        fedmd.check_settings(self)             # models / public (issue 12)
 
     def _validate_security_and_compression(self) -> None:
         """attack / attackers / defense / compress* (issue 13); specs stored canonically."""
@@ -501,6 +509,10 @@ class Experiment:
         FederatedDataset to use instead of loading ``dataset`` (e.g. the workbench's own)."""
         from fedlab.core.simulate import resolve_model
 
+        if self.algorithm == "fedmd":               # a protocol around several models (issue 12)
+            from fedlab.transfer import fedmd
+
+            return fedmd.build(self, data)
         report = None
         if data is not None and self.corrupt:
             raise ValueError("corrupt: applies when the experiment loads its own data (no data= given)")
@@ -614,6 +626,11 @@ class Experiment:
         instead, use ``fedlab.resume``."""
         from fedlab.core import rundir
 
+        if self.algorithm == "fedmd":               # not one engine round: fedlab.transfer.fedmd runs it
+            from fedlab.transfer import fedmd
+
+            return fedmd.run(self, callbacks=callbacks, progress=progress, out=out, checkpoint_every=checkpoint_every,
+                             data=data, built=built, after=after)
         if after is not None and not (isinstance(getattr(after, "state", None), tuple) and
                                       0 < after.state.round < self.rounds):
             raise ValueError(f"after: a History with fewer than rounds={self.rounds} rounds to continue, "
@@ -653,6 +670,8 @@ class Experiment:
                 value = dataclasses.asdict(value)
             elif isinstance(value, dict):
                 value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+            elif isinstance(value, tuple):
+                value = list(value)
             out[f.name] = value
         return out
 

@@ -179,6 +179,9 @@ def resume(out, rounds: int, *, callbacks=(), progress: bool = True, checkpoint_
     from fedlab.core.experiment import Experiment
 
     path = pathlib.Path(out)
+    if (path / "run.json").is_file() and json.loads((path / "run.json").read_text()).get("resumable") is False:
+        raise ValueError(f"resume: {str(out)!r} holds a FedMD run; FedMD runs cannot be resumed (they write no "
+                         "checkpoint): run them again with more rounds")
     for name in ("experiment.json", "checkpoint.npz", "history.csv"):
         if not (path / name).is_file():
             raise ValueError(f"resume: {str(path / name)!r} not found (is {str(out)!r} a fedlab run directory?)")

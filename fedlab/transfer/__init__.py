@@ -13,7 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["SWEEP_COLUMNS", "curve", "curve_figure", "per_client", "pool", "pooled", "rounds_to", "sweep"]
+from fedlab.transfer import fedmd  # noqa: F401  (registers algorithm "fedmd")
+
+__all__ = ["SWEEP_COLUMNS", "curve", "curve_figure", "fedmd", "per_client", "pool", "pooled", "rounds_to", "sweep"]
 
 
 def pool(data):

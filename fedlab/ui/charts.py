@@ -1,5 +1,5 @@
-"""The live chart: a plotly FigureWidget with one panel per metric, the run in progress and the
-finished runs chosen for comparison drawn in it.
+"""The live chart: a plotly figure with one panel per metric, the run in progress and the
+finished runs chosen for comparison drawn in it (shown by ``PlotView``).
 
 Only the training thread calls ``add`` (one thread touches the figure at a time); it redraws at
 most once per ``redraw_interval`` seconds, and histories longer than ``MAX_POINTS`` are thinned
@@ -16,6 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from fedlab.report import EPSILON_PANEL, PANELS, REGRESSION_PANELS, run_traces
+from fedlab.ui.plot import PlotView
 
 MAX_POINTS = 400                        # longer histories are thinned before they are sent
 # the y axis of each panel: what is measured, in which unit
@@ -40,8 +41,8 @@ def panels_for(columns) -> tuple:
     return (REGRESSION_PANELS if regression else PANELS) + extra
 
 
-def empty_figure(panels) -> go.FigureWidget:
-    """A FigureWidget with one subplot per panel, laid out like the HTML report; the axes stay
+def empty_figure(panels) -> go.Figure:
+    """A figure with one subplot per panel, laid out like the HTML report; the axes stay
     hidden until there is something to draw."""
     rows = -(-len(panels) // 2)
     fig = make_subplots(rows=rows, cols=2, subplot_titles=[t for _, t in panels],
@@ -53,22 +54,22 @@ def empty_figure(panels) -> go.FigureWidget:
         fig.update_yaxes(title_text=UNITS.get(col, col), row=j // 2 + 1, col=j % 2 + 1)
     fig.update_layout(height=60, margin=dict(l=60, r=20, t=50, b=40), template="plotly_white",
                       legend=dict(orientation="h", y=-0.12), autosize=True)
-    return go.FigureWidget(fig)
+    return fig
 
 
 class LiveChart:
     """``box``: the widget to show. ``begin`` a run, ``add`` its rounds, ``end`` it; ``compare``
     sets the finished runs drawn alongside ({name: (history, colour)})."""
 
-    def __init__(self, redraw_interval: float = 0.25):
+    def __init__(self, redraw_interval: float = 0.5):
         self.redraw_interval = redraw_interval
         self.panels = PANELS
-        self.figure = empty_figure(self.panels)
+        self.view = PlotView(empty_figure(self.panels))
         self.log_scale = W.Checkbox(value=False, description="log scale (loss, MB)", indent=False,
                                     tooltip="draw the loss and megabytes panels on a logarithmic y axis")
         self.empty_note = W.HTML(f"<i>{EMPTY_TEXT}</i>")
         self.log_scale.observe(lambda _: self._apply_log_scale(), "value")
-        self.box = W.VBox([W.HBox([self.log_scale, self.empty_note]), self.figure],
+        self.box = W.VBox([W.HBox([self.log_scale, self.empty_note]), self.view.widget],
                           layout=W.Layout(width="100%"))       # a column: the chart takes the full width
         self.box.add_class("fedlab-live-chart")
         self.live: tuple[str, str, list] | None = None     # (name, colour, rows so far) during a run
@@ -93,11 +94,12 @@ class LiveChart:
         """Collect a round's row; redraw if ``redraw_interval`` has passed. True if redrawn."""
         self.live[2].append(row)
         new = {c for c, v in row.items() if v == v} - self._live_columns
+        changed = False
         if new:                                            # a column the panels may need (RMSE, backdoor)
             self._live_columns |= new
-            self._set_panels()
+            changed = self._set_panels()
         now = time.perf_counter()
-        if now - self._last_draw < self.redraw_interval:
+        if now - self._last_draw < self.redraw_interval and not changed:
             return False
         self._last_draw = now
         self.redraw()
@@ -114,7 +116,7 @@ class LiveChart:
         self._set_panels()
         self.redraw()
 
-    def _set_panels(self) -> None:
+    def _set_panels(self) -> bool:
         """A new figure when the panels change (a run with DP, a backdoor or a regression target is drawn)."""
         columns = set(self._live_columns) | ({"epsilon"} if self._live_epsilon else set())
         for h, _ in self.others.values():
@@ -122,16 +124,22 @@ class LiveChart:
         panels = panels_for(columns)
         if panels != self.panels:
             self.panels = panels
-            self.figure = empty_figure(panels)
-            self.box.children = (self.box.children[0], self.figure)
-            self._apply_log_scale()
+            self.view.figure = empty_figure(panels)
+            self._apply_log_scale(push=False)       # the redraw that follows sends it
+            return True
+        return False
 
-    def _apply_log_scale(self) -> None:
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure
+
+    def _apply_log_scale(self, push: bool = True) -> None:
         log = self.log_scale.value
-        with self.figure.batch_update():
-            for j, (col, _) in enumerate(self.panels):
-                if col in LOG_PANELS:
-                    self.figure.update_yaxes(type="log" if log else "linear", row=j // 2 + 1, col=j % 2 + 1)
+        for j, (col, _) in enumerate(self.panels):
+            if col in LOG_PANELS:
+                self.figure.update_yaxes(type="log" if log else "linear", row=j // 2 + 1, col=j % 2 + 1)
+        if push:
+            self.view.push()
 
     # -- drawing --------------------------------------------------------------------------------
     def traces(self) -> list[dict]:
@@ -147,26 +155,17 @@ class LiveChart:
         return traces
 
     def redraw(self) -> None:
-        """Push the traces to the figure: in place when the set of traces is unchanged (then
-        only the live run's are resent)."""
+        """Send the figure with the current traces (the axes and titles only once there is a run)."""
         traces, fig = self.traces(), self.figure
-        same = len(fig.data) == len(traces) and all(
-            t.name == n["name"] and t.xaxis == n["xaxis"] and (t.fill or None) == n.get("fill")
-            and t.line.width == n["line"].get("width") for t, n in zip(fig.data, traces))
         empty = not traces
         self.empty_note.layout.display = None if empty else "none"
         with fig.batch_update():
-            if bool(fig.layout.xaxis.visible) == empty:         # axes and titles only once there is a run
+            if bool(fig.layout.xaxis.visible) == empty:
                 fig.update_xaxes(visible=not empty)
                 fig.update_yaxes(visible=not empty)
                 fig.update_annotations(visible=not empty)
                 rows = -(-len(self.panels) // 2)
                 fig.layout.height = 60 if empty else 280 * rows + 70
-            if same:
-                live = None if self.live is None else self.live[0]
-                for t, n in zip(fig.data, traces):
-                    if live is None or t.name == live:
-                        t.x, t.y = n["x"], n["y"]
-            else:
-                fig.data = ()
-                fig.add_traces([go.Scatter(**{k: v for k, v in n.items() if k != "type"}) for n in traces])
+            fig.data = ()
+            fig.add_traces([go.Scatter(**{k: v for k, v in n.items() if k != "type"}) for n in traces])
+        self.view.push()

@@ -4,7 +4,8 @@ one chosen client's curve over rounds (``History.client_rounds``: the global mod
 client's own model when the strategy personalizes); and, for a personalizing run, global vs
 personal accuracy per client (one point per client, the diagonal: no gain).
 
-A client is chosen in the dropdown or by clicking its point in a scatter panel."""
+A client is chosen in the dropdown (it starts on the worst-served client; hovering a point names
+its client). The figures are plotly outputs (``PlotView``)."""
 from __future__ import annotations
 
 import html
@@ -14,6 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from fedlab.ui.plot import PlotView
 
 TITLE = "<b>Clients</b> <i>(after a run: how its final model does on each client)</i>"
 SELECTED = "#d62728"
@@ -146,16 +149,16 @@ class ClientView:
 
     def __init__(self):
         self.title = W.HTML(TITLE)
-        self.figure = self._empty()
+        self.view = PlotView(self._empty())
         self.client = W.Dropdown(options=[], description="client", style={"description_width": "initial"},
                                  layout=W.Layout(width="320px"),
-                                 tooltip="the client whose accuracy over rounds is drawn (or click its point)")
+                                 tooltip="the client whose accuracy over rounds is drawn")
         self.gain = W.HTML()
-        self.curve_figure = self._empty()
+        self.curve_view = PlotView(self._empty())
         self.curve_box = W.VBox([W.HBox([self.client, self.gain], layout=W.Layout(align_items="center")),
-                                 self.curve_figure], layout=W.Layout(width="100%", display="none"))
+                                 self.curve_view.widget], layout=W.Layout(width="100%", display="none"))
         self.curve_box.add_class("fedlab-client-curves")
-        self.box = W.VBox([self.title, self.figure, self.curve_box], layout=W.Layout(width="100%"))
+        self.box = W.VBox([self.title, self.view.widget, self.curve_box], layout=W.Layout(width="100%"))
         self.box.add_class("fedlab-clients")
         self.shown: str | None = None
         self.table: pd.DataFrame | None = None
@@ -165,16 +168,24 @@ class ClientView:
         self.client.observe(lambda _: self._draw_curve(), "value")
 
     @staticmethod
-    def _empty():
-        return go.FigureWidget(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
-                                           xaxis=dict(visible=False), yaxis=dict(visible=False)))
+    def _empty() -> go.Figure:
+        return go.Figure(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
+                                     xaxis=dict(visible=False), yaxis=dict(visible=False)))
+
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure
+
+    @property
+    def curve_figure(self) -> go.Figure:
+        return self.curve_view.figure
 
     def show(self, name: str | None, table: pd.DataFrame | None, color: str = "#1f77b4",
              curves: pd.DataFrame | None = None) -> None:
         if name is None or table is None:
             self.shown, self.table, self.curves = None, None, None
             self.title.value = TITLE
-            self._set(self._empty())
+            self.view.show(self._empty())
             self.curve_box.layout.display = "none"
             return
         metric, label = _metric(table)
@@ -184,9 +195,7 @@ class ClientView:
                             f"median {np.median(values):.3f}, worst {values.min():.3f}, best {values.max():.3f}, "
                             f"spread (p90 - p10) {np.percentile(values, 90) - np.percentile(values, 10):.3f} "
                             f"over {len(values)} clients")
-        figure = go.FigureWidget(clients_figure(table, color))
-        self._clickable(figure)
-        self._set(figure)
+        self.view.show(clients_figure(table, color))
         if curves is None or not len(curves):
             self.curve_box.layout.display = "none"
             return
@@ -222,26 +231,4 @@ class ClientView:
     def _draw_curve(self) -> None:
         if self._showing or self.curves is None or self.client.value is None:
             return
-        figure = go.FigureWidget(curve_figure(self.curves, self.client.value, self.table, self.color))
-        self._clickable(figure)
-        self.curve_figure = figure
-        self.curve_box.children = (self.curve_box.children[0], figure)
-
-    def _clickable(self, figure) -> None:
-        """Clicking a client's point in a scatter panel chooses that client."""
-        def clicked(trace, points, _selector):
-            if points.point_inds and trace.text is not None:
-                name = str(trace.text[points.point_inds[0]])
-                if name in self.client.options:
-                    self.client.value = name
-        for trace in figure.data:
-            if trace.type == "scatter" and trace.mode == "markers" and trace.text is not None:
-                try:
-                    trace.on_click(clicked)
-                except Exception:      # noqa: BLE001 - a plotly without click events: the dropdown stays
-                    pass
-
-    def _set(self, figure) -> None:
-        """Show a new figure (a layout replaced in place is not redrawn by the browser)."""
-        self.figure = figure
-        self.box.children = (self.title, figure, self.curve_box)
+        self.curve_view.show(curve_figure(self.curves, self.client.value, self.table, self.color))

@@ -145,7 +145,8 @@ def _typed(name: str, default, tooltip: str = "", optional: bool = False, label:
         return Control(name, W.Text(value=",".join(map(str, default)), layout=_width(220), **kw),
                        _int_tuple, lambda v: ",".join(map(str, v)) if isinstance(v, (tuple, list)) else v)
     return Control(name, W.Text(value="" if default is None else str(default), layout=_width(260), **kw),
-                   lambda v: v.strip() or (None if default is None else ""), lambda v: "" if v is None else str(v))
+                   lambda v: v.strip() or (None if default is None else ""),
+                   lambda v: "" if v is None else ",".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v))
 
 
 def _int_tuple(text: str):

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from fedlab.ui.plot import PlotView
 from fedlab.ui.runner import DataCache, Latest
 
 MAX_CLIENTS = 200                   # more clients: the first 200 are drawn (the summary says so)
@@ -143,14 +144,14 @@ class DataView:
     def __init__(self, cache: DataCache):
         self.cache = cache
         self.status = W.HTML("<i>the data shows here once loaded</i>")
-        self.figure = go.FigureWidget(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
-                                                  xaxis=dict(visible=False), yaxis=dict(visible=False)))
+        self.view = PlotView(go.Figure(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
+                                                   xaxis=dict(visible=False), yaxis=dict(visible=False))))
         self.quality_status = W.HTML()
-        self.quality_figure = go.FigureWidget(layout=dict(height=40, template="plotly_white", margin=dict(t=5, b=5),
-                                                          xaxis=dict(visible=False), yaxis=dict(visible=False)))
-        self.quality_box = W.VBox([self.quality_status, self.quality_figure], layout=W.Layout(width="100%"))
+        self.quality_view = PlotView(go.Figure(layout=dict(height=40, template="plotly_white", margin=dict(t=5, b=5),
+                                                           xaxis=dict(visible=False), yaxis=dict(visible=False))))
+        self.quality_box = W.VBox([self.quality_status, self.quality_view.widget], layout=W.Layout(width="100%"))
         self.quality_box.add_class("fedlab-quality-view")
-        self.partition_box = W.VBox([self.status, self.figure], layout=W.Layout(width="100%"))
+        self.partition_box = W.VBox([self.status, self.view.widget], layout=W.Layout(width="100%"))
         self.partition_box.add_class("fedlab-data-view")
         self.box = W.VBox([self.partition_box, self.quality_box], layout=W.Layout(width="100%"))
         self.report = None                      # the quality report drawn (a DataFrame)
@@ -189,8 +190,7 @@ class DataView:
             return
         if key != self.key:
             return
-        self.figure = go.FigureWidget(partition_figure(data))       # a new widget: a layout replaced in
-        self.partition_box.children = (self.status, self.figure)     # place is not redrawn by the browser
+        self.view.show(partition_figure(data))
         self.drawn, self.data = key, data
         self.status.value = f"<span class='fedlab-data-summary'>{data_summary(data)}</span>"
         if self.on_loaded is not None:
@@ -215,10 +215,17 @@ class DataView:
         if key != self.key:
             return
         self.report = report
-        self.quality_figure = go.FigureWidget(quality_figure(report, experiment.quality_threshold))
-        self.quality_box.children = (self.quality_status, self.quality_figure)
+        self.quality_view.show(quality_figure(report, experiment.quality_threshold))
         self.quality_status.value = (f"<span class='fedlab-quality-summary'>"
                                      f"{quality_summary(report, experiment.quality_threshold)}</span>")
+
+    @property
+    def figure(self) -> go.Figure:
+        return self.view.figure
+
+    @property
+    def quality_figure(self) -> go.Figure:
+        return self.quality_view.figure
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.worker.wait(timeout)

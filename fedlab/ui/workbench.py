@@ -51,14 +51,15 @@ class Workbench:
     """Controls, Run / Stop / Continue / Reset, live charts and the kept runs, as code too.
 
     data: an optional FederatedDataset of your own (shown as the dataset '(given)');
-    redraw_interval: minimum seconds between chart redraws while training (default 0.25);
+    redraw_interval: minimum seconds between chart redraws while training (default 0.5: each redraw
+    sends the whole figure, which the browser draws anew);
     compilation_cache: directory for JAX's persistent compilation cache (None: do not set one);
     warm_up: load the data and compile the initial settings' round in the background (needs the
     compilation cache);
     settings: initial values, as :meth:`run` takes them.
     """
 
-    def __init__(self, data=None, *, redraw_interval: float = 0.25,
+    def __init__(self, data=None, *, redraw_interval: float = 0.5,
                  compilation_cache: str | None = "~/.cache/fedlab/jax", warm_up: bool = True, **settings):
         if not (isinstance(redraw_interval, (int, float)) and redraw_interval >= 0):
             raise ValueError(f"redraw_interval must be a number of seconds >= 0, got {redraw_interval!r}")
