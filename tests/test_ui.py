@@ -774,6 +774,9 @@ def test_islands_and_pooled_are_one_click_baselines_shown_as_named_runs(data, ca
     same = experiment.replace(algorithm="local", algorithm_options={"client_lr": 0.1}).run(data=data, progress=False)
     np.testing.assert_allclose(islands["personal_acc_mean"], same["personal_acc_mean"])
     assert (islands["bytes_up"] == 0).all() and islands["test_accuracy"].isna().all()
+    drawn = [t for t in wb.figure.data if t.xaxis == "x"][-1]           # the accuracy panel: its own models
+    assert drawn.name == f"{name} (own models)"
+    np.testing.assert_allclose(drawn.y, islands["personal_acc_mean"])
     wb.pooled_button.click()
     assert wb.wait(300) and wb.last_error is None
     name, central = list(wb.runs.items())[-1]

@@ -142,16 +142,29 @@ class LiveChart:
             self.view.push()
 
     # -- drawing --------------------------------------------------------------------------------
+    @staticmethod
+    def _own_models(history: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
+        """A run without a global model (islands): its accuracy panels draw the clients' own models
+        (personal_acc_mean, and the p10-p90 band of personal_acc), and its name says so."""
+        if ("personal_acc_mean" in history and "test_accuracy" in history
+                and not history["test_accuracy"].notna().any() and history["personal_acc_mean"].notna().any()):
+            own = {"test_accuracy": history["personal_acc_mean"],
+                   **{f"client_acc_{q}": history[f"personal_acc_{q}"] for q in ("p10", "p50", "p90")
+                      if f"personal_acc_{q}" in history}}
+            return history.assign(**own), f"{name} (own models)"
+        return history, name
+
     def traces(self) -> list[dict]:
         """The finished runs' traces, then the live run's (drawn last: on top)."""
         traces = []
         for name, (history, color) in self.others.items():
             if self.live is None or name != self.live[0]:
-                traces += run_traces(history, name, color, self.panels, MAX_POINTS)
+                traces += run_traces(*self._own_models(history, name), color, self.panels, MAX_POINTS)
         if self.live is not None:
             name, color, rows = self.live
+            live, label = self._own_models(pd.DataFrame(rows), name)
             traces += [{**t, "line": {**t["line"], "width": 3}} if "fill" not in t else t
-                       for t in run_traces(pd.DataFrame(rows), name, color, self.panels, MAX_POINTS)]
+                       for t in run_traces(live, label, color, self.panels, MAX_POINTS)]
         return traces
 
     def redraw(self) -> None:
