@@ -203,6 +203,49 @@ def _epsilon_does_not_block(page) -> dict:
             "other_control_handled_after_s": round(seen["handled"] / 1000, 2)}
 
 
+CLIENT_CURVE = "(() => { const p = document.querySelector('.fedlab-client-curves .js-plotly-plot'); " \
+               "if (!p || !p.data || !p.data.length) return null; const a = (p.layout.annotations || [])[0]; " \
+               "return {traces: p.data.map(t => t.name), points: (p.data[0].x || []).length, " \
+               "title: a ? a.text : ''}; })()"
+QUALITY = "(() => { const p = document.querySelector('.fedlab-quality-view .js-plotly-plot'); " \
+          "return p && p.data && p.data.length && p.data[0].type === 'heatmap' ? p.data[0].y.length : null; })()"
+
+
+def _new_panels(page) -> dict:
+    """The per-client view follows the client chosen, the Data tab holds the data-quality heatmap, and
+    the Islands button runs the islands baseline as a run of its own (stopped after its first rounds).
+    Screenshots go to FEDLAB_ARTIFACTS when it is set. Ends on the Privacy tab, where it started."""
+    from playwright.sync_api import expect
+
+    artifacts = pathlib.Path(os.environ.get("FEDLAB_ARTIFACTS", "")) if os.environ.get("FEDLAB_ARTIFACTS") else None
+    tag = "jupyterlab" if "/lab/" in page.url else "voila"
+
+    curve = page.wait_for_function(f"{CLIENT_CURVE} && {CLIENT_CURVE}.points >= 1 && {CLIENT_CURVE}",
+                                   timeout=120_000, polling=100).json_value()
+    assert "global model" in curve["traces"], curve
+    chooser = page.locator(".fedlab-client-curves select").first
+    options = chooser.locator("option").all_inner_texts()
+    other = next(o for o in options if f"client {o} over" not in curve["title"])
+    chooser.select_option(label=other)
+    page.wait_for_function(f"{CLIENT_CURVE} && {CLIENT_CURVE}.title.startsWith('client {other} over')",
+                           timeout=60_000, polling=100)
+    page.locator(".lm-TabBar-tab", has_text="Data").first.click()
+    quality_rows = page.wait_for_function(QUALITY, timeout=180_000, polling=100).json_value()
+    if artifacts is not None:
+        page.locator(".fedlab-quality-view").first.scroll_into_view_if_needed()
+        page.screenshot(path=str(artifacts / f"workbench_{tag}_quality.png"), full_page=False)
+    page.locator("button.jupyter-button", has_text="Islands").first.click()
+    page.wait_for_function("[...document.querySelectorAll('.widget-html-content')].some(e => "
+                           "/^\\s*round \\d+ of 100000/.test(e.textContent))", timeout=180_000, polling=50)
+    page.locator("button.jupyter-button", has_text="Stop").first.click()
+    expect(page.locator(".fedlab-runs-table").first).to_contain_text("islands (local)", timeout=120_000)
+    expect(page.locator("button.jupyter-button", has_text="Islands").first).to_be_enabled(timeout=120_000)
+    if artifacts is not None:
+        page.screenshot(path=str(artifacts / f"workbench_{tag}_clients.png"), full_page=True)
+    page.locator(".lm-TabBar-tab", has_text="Privacy").first.click()
+    return {"clients_in_chooser": len(options), "quality_heatmap_clients": quality_rows}
+
+
 def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     """On a page showing the workbench: set 100000 rounds, Run, wait for 3 rounds, Stop, check."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout, expect
@@ -256,6 +299,7 @@ def _drive(page, artifacts: pathlib.Path, tag: str) -> dict:
     page.screenshot(path=str(artifacts / f"workbench_{tag}.png"), full_page=True)
     download = _csv_download(page, artifacts)
     privacy = _epsilon_does_not_block(page)
+    privacy.update(_new_panels(page))
     page.screenshot(path=str(artifacts / f"workbench_{tag}_privacy.png"), full_page=False)
     result = {"click_to_first_point_s": round(first_point, 2), "stop_to_stopped_s": round(stop_seconds, 2),
               "rounds_when_stopped": stopped, "last_round_drawn_at_the_end": later,

@@ -727,5 +727,132 @@ def test_presets_set_the_controls_to_runnable_settings(data, cache_dir):
     dp_big, dp_small = PRESETS["3a · DP at scale: 250 of 1000 clients a round, ε = 8"][0], \
         PRESETS["3b · DP, only 10 clients a round, ε = 8"][0]
     assert dp_big.clients_per_round == 250 and dp_small.clients_per_round == 10
+    wb.preset.value = "3b · DP, only 10 clients a round, ε = 8"
     assert wb.wait_idle(600)
     assert "fedlab-dp-warning" in wb.form.dp_info.value                  # 3b, the last preset: noise swamps
+
+
+# ---- per-client curves, baselines, new chart panels, data quality, more presets ----------------
+def test_the_clients_view_draws_a_chosen_clients_curve_and_global_vs_personal(data, cache_dir):
+    wb = make(data, cache_dir, rounds=4, algorithm="ditto", lam=0.1)
+    history = wb.run()
+    view, curves = wb.client_view, history.client_rounds
+    assert list(view.client.options) == [str(n) for n in data.names()]
+    table = wb.clients()
+    worst = table["personal_accuracy"].idxmin()                # the view starts on the worst-served client
+    assert view.client.value == str(table.loc[worst, "client"])
+    view.choose("2")
+    glob, personal, _diagonal, scatter = view.curve_figure.data
+    mine = curves[curves["client"] == "2"]
+    np.testing.assert_array_equal(glob.x, [1, 2, 3, 4])
+    np.testing.assert_allclose(glob.y, mine["test_accuracy"], rtol=1e-6)
+    np.testing.assert_allclose(personal.y, mine["personal_accuracy"], rtol=1e-6)
+    # one point per client: (the global model's, its own model's) final accuracy
+    np.testing.assert_allclose(scatter.x, history.per_client["test_accuracy"], rtol=1e-6)
+    last = curves[curves["round"] == 4]
+    np.testing.assert_allclose(scatter.y, last["personal_accuracy"], rtol=1e-6)
+    assert scatter.marker.size[2] == 12 and scatter.marker.size[0] == 7       # the chosen one stands out
+    better = int(np.sum(last["personal_accuracy"].to_numpy() > history.per_client["test_accuracy"].to_numpy()))
+    assert f"<b>{better} of 6</b>" in view.gain.value
+    # what the browser gets: the chosen client's curve, as plain numbers
+    view.client.value = "4"
+    shown = sent(view.curve_view)
+    assert shown[0]["name"] == "global model" and shown[0]["x"] == [1, 2, 3, 4]
+    np.testing.assert_allclose(shown[0]["y"], curves[curves["client"] == "4"]["test_accuracy"], rtol=1e-6)
+
+
+def test_islands_and_pooled_are_one_click_baselines_shown_as_named_runs(data, cache_dir):
+    from fedlab.transfer import pooled
+
+    wb = make(data, cache_dir, rounds=4, algorithm="fedprox", mu=0.5)
+    experiment = wb.experiment()
+    wb.islands_button.click()
+    assert wb.wait(300) and wb.last_error is None
+    name, islands = list(wb.runs.items())[-1]
+    assert name == "#1 islands (local) · toy (given)" and islands.settings["algorithm"] == "local"
+    assert islands.settings["algorithm_options"] == {"client_lr": 0.1}
+    same = experiment.replace(algorithm="local", algorithm_options={"client_lr": 0.1}).run(data=data, progress=False)
+    np.testing.assert_allclose(islands["personal_acc_mean"], same["personal_acc_mean"])
+    assert (islands["bytes_up"] == 0).all() and islands["test_accuracy"].isna().all()
+    drawn = [t for t in wb.figure.data if t.xaxis == "x"][-1]           # the accuracy panel: its own models
+    assert drawn.name == f"{name} (own models)"
+    np.testing.assert_allclose(drawn.y, islands["personal_acc_mean"])
+    wb.pooled_button.click()
+    assert wb.wait(300) and wb.last_error is None
+    name, central = list(wb.runs.items())[-1]
+    assert name.startswith("#2 pooled (centralized)") and central.attrs["baseline"] == "pooled"
+    assert central["test_accuracy"].iloc[-1] == pytest.approx(pooled(experiment, data)["test_accuracy"])
+    assert central["bytes_up"].isna().all() and wb.continue_button.disabled
+    assert wb.run_list.overview().loc[name, "algorithm"] == "pooled (centralized)"
+    assert "fedlab.transfer.pooled(experiment, data)" in wb.run_list.code.value
+    clients = wb.clients(name)                                  # evaluated on every client's own test rows
+    assert len(clients) == 6 and "personal_accuracy" not in clients
+    np.testing.assert_allclose(central.client_rounds.query("round == 4")["test_accuracy"], clients["test_accuracy"],
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="is a baseline"):
+        wb.continue_run(name, rounds=8)
+
+
+def test_charts_add_backdoor_accuracy_r2_and_rmse_panels_when_a_run_has_them():
+    from fedlab.ui.charts import LiveChart
+
+    rounds = np.arange(1, 4)
+    attacked = pd.DataFrame({"round": rounds, "test_accuracy": [0.5, 0.6, 0.7], "train_loss": [1.0, 0.8, 0.7],
+                             "backdoor_accuracy": [0.1, 0.5, 0.9], "bytes_up": [100, 100, 100],
+                             "bytes_down": [50, 50, 50]})
+    chart = LiveChart(0.0)
+    chart.compare({"attacked": (attacked, "#1f77b4")})
+    titles = [a.text for a in chart.figure.layout.annotations]
+    assert [c for c, _ in chart.panels][-1] == "backdoor_accuracy" and "backdoor accuracy (attack success)" in titles
+    backdoor = [t for t in chart.figure.data if t.xaxis == "x5"][0]
+    np.testing.assert_allclose(backdoor.y, [0.1, 0.5, 0.9])
+    mb = [t for t in chart.figure.data if t.xaxis == "x4"][0]
+    np.testing.assert_allclose(mb.y, [150e-6, 300e-6, 450e-6])          # cumulative, up + down, in MB
+    chart.compare({})
+    assert [c for c, _ in chart.panels] == ["test_accuracy", "train_loss", "client_acc_p50", "bytes_up"]
+    # a live regression run: its first row brings the RMSE and R² panels
+    chart.begin("reg", "#d62728")
+    chart.add({"round": 1, "train_loss": 0.4, "test_rmse": 12.0, "test_r2": 0.3, "client_rmse_p50": 11.0,
+               "bytes_up": 10, "bytes_down": 10})
+    assert [c for c, _ in chart.panels] == ["test_rmse", "train_loss", "client_rmse_p50", "bytes_up", "test_r2"]
+    assert [t for t in chart.figure.data if t.xaxis == "x5"][0].y == (0.3,)
+
+
+def test_the_data_tab_shows_the_quality_heatmap_of_the_data_and_its_corruption(cache_dir):
+    from fedlab.data import quality
+
+    wb = Workbench(compilation_cache=cache_dir, warm_up=False, dataset="credit_data", rounds=2)
+    assert wb.wait_idle(300)
+    clean = wb.data_view.report
+    assert clean is not None and not clean["corrupted"].any()
+    wb.form.apply({"corrupt": "scale:100", "corrupt_clients": 0.34})
+    assert wb.wait_idle(300) and wb.data_view.worker.error is None
+    report = wb.data_view.report
+    truth = fedlab.Experiment(dataset="credit_data", corrupt="scale:100", corrupt_clients=0.34).load_tables()
+    np.testing.assert_array_equal(report["corrupted"], truth.corrupted.astype(bool))     # the injected clients
+    assert report["corrupted"].sum() == 2 and (report["flagged"] == report["corrupted"]).all()   # all found
+    heat = wb.data_view.quality_figure.data[0]
+    checks = [c for c in quality.CHECKS if c != "label_noise"]
+    assert list(heat.x) == checks
+    np.testing.assert_allclose(np.array(heat.z, float), np.clip(report[checks].to_numpy(float), -3.5, 10.5))
+    assert "2 of 6 clients flagged" in wb.data_view.quality_status.value
+    assert "recall 1.00" in wb.data_view.quality_status.value
+
+
+def test_the_new_presets_build_on_their_data_and_a_few_run():
+    from fedlab.ui.presets import PRESETS
+
+    new = {name: e for name, (e, about) in PRESETS.items() if name[0] in "45678"}
+    assert len(new) == 17 and all(len(about) > 80 for name, (_, about) in PRESETS.items() if name in new)
+    scenario_data = {e.dataset for name, e in new.items() if name.startswith("8")}
+    assert scenario_data == {"txhousing", "oj", "caravan", "credit_data", "lending_club", "flights", "deliveries"}
+    for name, experiment in new.items():
+        built = experiment.build()
+        assert built.clients_per_round <= built.data.num_clients, name
+    pick = {n[:2]: e for n, e in new.items()}
+    backdoor = pick["6a"].replace(rounds=1).run(progress=False)
+    assert "backdoor_accuracy" in backdoor and len(backdoor.attackers) == 2
+    full, topk = (pick[k].replace(rounds=1, eval_every=1).run(progress=False) for k in ("7a", "7b"))
+    assert topk["bytes_up"].iloc[0] < full["bytes_up"].iloc[0] / 50               # 1% of the values
+    ditto = pick["4b"].replace(rounds=1).run(progress=False)
+    assert "personal_accuracy" in ditto.client_rounds

@@ -650,9 +650,15 @@ class Experiment:
             from fedlab.data import quality
 
             quality.write_quality(built.quality, out, self.quality_threshold)
-        return rundir.execute(self, built, writer, callbacks=callbacks, progress=progress,
-                              checkpoint_every=checkpoint_every, start=None if after is None else after.state,
-                              previous=previous)
+        history = rundir.execute(self, built, writer, callbacks=callbacks, progress=progress,
+                                 checkpoint_every=checkpoint_every, start=None if after is None else after.state,
+                                 previous=previous)
+        if after is not None:       # the per-client curves of the rounds before, then these
+            from fedlab.core.curves import join
+
+            history.client_rounds = join(getattr(after, "client_rounds", None), history.client_rounds,
+                                         after.state.round)
+        return history
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict:

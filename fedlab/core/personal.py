@@ -68,6 +68,7 @@ class PersonalEvaluator:
         self.key = jax.random.fold_in(jax.random.key(seed), _TAG)
         self.has_test = data.test_counts > 0
         self._chunk, self._fn = chunk, None
+        self.client_values = None           # the last call's per-client accuracies (personalizing only)
         adapt = strategy.adapt or sgd_adapt(lr)
         dev = engine.device_data(data)
         test_idx, test_mask = _padded_test(data)
@@ -148,6 +149,7 @@ class PersonalEvaluator:
         if self.trivial and global_metrics is not None and "client_acc_mean" in global_metrics:
             return {f"personal_acc_{s}": global_metrics[f"client_acc_{s}"] for s in ("mean", "p10", "p50", "p90")}
         table = self.per_client(server_state, client_states, round)
+        self.client_values = table["personal_accuracy"].to_numpy()
         if not table["finite"].all():
             return {"personal_finite": 0.0}
         return summarize(table["personal_accuracy"].to_numpy()[self.has_test], "personal_acc")

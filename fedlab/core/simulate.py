@@ -13,6 +13,7 @@ import pandas as pd
 
 from fedlab.core import engine
 from fedlab.core.checks import check_int, check_number
+from fedlab.core.curves import ClientCurves
 from fedlab.core.personal import NewClientEvaluator, PersonalEvaluator
 from fedlab.core.registry import ALGORITHMS, MODELS
 from fedlab.core.types import Model, Strategy, tree_nbytes
@@ -63,11 +64,13 @@ class History(pd.DataFrame):
     server model), ``settings`` (the run's arguments), ``status`` (one of STATUSES),
     ``message`` (why it ended, for every status but "completed"), ``state`` (the RunState after
     the last round kept, to continue the run), ``per_client`` (one row per client with the final
-    model: examples, losses, test accuracy), ``stopped`` (status is "stopped"), ``attackers``
+    model: examples, losses, test accuracy), ``client_rounds`` (each evaluated round's per-client
+    test accuracy, or RMSE, and personal accuracy: ``fedlab.core.curves``), ``stopped`` (status is "stopped"), ``attackers``
     (the malicious client ids of an Experiment with an attack, else None)."""
 
-    _metadata = ["params", "settings", "status", "message", "state", "per_client", "attackers"]
+    _metadata = ["params", "settings", "status", "message", "state", "per_client", "attackers", "client_rounds"]
     attackers = None
+    client_rounds = None
 
     @property
     def _constructor(self):
@@ -154,6 +157,9 @@ class Evaluator:
         by_client, by_class = jax.device_get(self._run(params, self.blocks))
         K = self.num_clients
         train, test = by_client[:K], by_client[K:2 * K]
+        with np.errstate(invalid="ignore", divide="ignore"):     # kept for History.client_rounds
+            self.client_values = np.where(self.test_n > 0, (test[:, 1] / self.test_n) if self.num_classes > 0
+                                          else np.sqrt(2 * test[:, 0] / self.test_n) * self.target_std, np.nan)
         m = {"train_loss": train[:, 0].sum() / max(self.train_n.sum(), 1),
              "test_loss": test[:, 0].sum() / self.test_n.sum() if self.test_n.sum() else np.nan}
         if self.num_classes > 0 and self.test_n.sum():
@@ -357,6 +363,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     personal = None if eval_data is not data else PersonalEvaluator(
         strategy, model, data, steps=strategy.adapt_steps + finetune_steps, lr=finetune_lr,
         batch_size=batch_size, seed=seed)
+    curves = ClientCurves(eval_data.names(), "test_accuracy" if model.num_classes > 0 else "test_rmse")
     new = None if new_clients is None else NewClientEvaluator(strategy, model, new_clients, steps=adapt_steps,
                                                                lr=finetune_lr, batch_size=batch_size, seed=seed)
     settings = dict(algorithm=strategy.name, model=model.name, dataset=data.name, rounds=rounds,
@@ -392,6 +399,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     rows, status, message, began = [], "completed", "", time.perf_counter()
     try:
         for r in range(first_round, rounds + 1):
+            curve = None
             try:
                 out, num_sampled, seconds = one_round(r, state.server_state, state.client_states)
                 metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
@@ -409,6 +417,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
                         row.update({c: math.nan for c in _COLUMNS[4:15] if c in row})
                     if personal is not None:
                         row.update(personal(out.server_state, out.client_states, r, row))
+                    curve = (evaluate.client_values if strategy.global_model else evaluate.client_values * np.nan,
+                             None if personal is None else personal.client_values)
                     if new is not None:
                         row.update(new(out.server_state, r))
                     if row.pop("personal_finite", 1.0) != 1.0:
@@ -425,6 +435,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
             row.update(bytes_up=int(participants) * up_bytes, bytes_down=num_sampled * down_bytes,
                        seconds=seconds, elapsed=time.perf_counter() - began)
             rows.append(row)
+            if curve is not None:
+                curves.add(r, *curve)
             state = RunState(r, out.server_state, out.client_states)
             if bar is not None:
                 if "test_accuracy" in row:
@@ -459,6 +471,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     history.params, history.settings, history.state = state.server_state.params, settings, state
     history.status, history.message = status, message
     history.per_client = evaluate.per_client(state.server_state.params, eval_data.names())
+    history.client_rounds = curves.frame()
     history.attrs.update(evaluated_clients=eval_data.num_clients, client_state_bytes=state_bytes)
     if status in ("diverged", "failed"):
         warnings.warn(f"{strategy.name}: {message}", RunEndedWarning, stacklevel=2)

@@ -15,16 +15,30 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fedlab.report import EPSILON_PANEL, PANELS, run_traces
+from fedlab.report import EPSILON_PANEL, PANELS, REGRESSION_PANELS, run_traces
 from fedlab.ui.plot import PlotView
 
 MAX_POINTS = 400                        # longer histories are thinned before they are sent
 # the y axis of each panel: what is measured, in which unit
 UNITS = {"test_accuracy": "share of test rows correct", "train_loss": "mean loss per example",
          "client_acc_p50": "accuracy (share correct)", "bytes_up": "MB (10⁶ bytes, up + down)",
-         "epsilon": "ε (at the run's δ)"}
+         "epsilon": "ε (at the run's δ)", "test_rmse": "RMSE (target units)",
+         "client_rmse_p50": "RMSE (target units)", "test_r2": "R² (1 = exact, 0 = the mean)",
+         "backdoor_accuracy": "share of triggered rows → target"}
+BACKDOOR_PANEL = ("backdoor_accuracy", "backdoor accuracy (attack success)")
+R2_PANEL = ("test_r2", "test R² (regression)")
 LOG_PANELS = ("train_loss", "bytes_up")  # the panels the log-scale toggle switches
 EMPTY_TEXT = "Press <b>Run</b>: the charts fill in round by round."
+
+
+def panels_for(columns) -> tuple:
+    """The panels for runs with these History columns: accuracy, loss, client spread and MB sent
+    (RMSE in place of accuracy when no run has an accuracy), then backdoor accuracy (a backdoor
+    attack), R² (regression) and ε (differential privacy) when a run has them."""
+    columns = set(columns)
+    regression = "test_rmse" in columns and "test_accuracy" not in columns
+    extra = tuple(p for p in (BACKDOOR_PANEL, R2_PANEL, EPSILON_PANEL) if p[0] in columns)
+    return (REGRESSION_PANELS if regression else PANELS) + extra
 
 
 def empty_figure(panels) -> go.Figure:
@@ -61,12 +75,14 @@ class LiveChart:
         self.live: tuple[str, str, list] | None = None     # (name, colour, rows so far) during a run
         self.others: dict[str, tuple[pd.DataFrame, str]] = {}
         self._live_epsilon = False                         # the live run reports epsilon (DP)
+        self._live_columns: set = set()                    # the columns the live run's rows have had
         self._last_draw = 0.0
 
     # -- the run in progress ---------------------------------------------------------------------
     def begin(self, name: str, color: str, rows=(), epsilon: bool = False) -> None:
         """Start drawing run ``name`` (``rows``: rounds it already has, when it continues)."""
         self.live, self._live_epsilon, self._last_draw = (name, color, list(rows)), epsilon, 0.0
+        self._live_columns = {c for r in self.live[2] for c, v in r.items() if v == v}    # (not NaN)
         self._set_panels()
         self.redraw()
 
@@ -77,8 +93,13 @@ class LiveChart:
     def add(self, row: dict) -> bool:
         """Collect a round's row; redraw if ``redraw_interval`` has passed. True if redrawn."""
         self.live[2].append(row)
+        new = {c for c, v in row.items() if v == v} - self._live_columns
+        changed = False
+        if new:                                            # a column the panels may need (RMSE, backdoor)
+            self._live_columns |= new
+            changed = self._set_panels()
         now = time.perf_counter()
-        if now - self._last_draw < self.redraw_interval:
+        if now - self._last_draw < self.redraw_interval and not changed:
             return False
         self._last_draw = now
         self.redraw()
@@ -86,7 +107,7 @@ class LiveChart:
 
     def end(self) -> None:
         """The run is over (``compare`` then draws it with the others, if it was kept)."""
-        self.live, self._live_epsilon = None, False
+        self.live, self._live_epsilon, self._live_columns = None, False, set()
 
     # -- finished runs ----------------------------------------------------------------------------
     def compare(self, others: dict[str, tuple[pd.DataFrame, str]]) -> None:
@@ -95,14 +116,18 @@ class LiveChart:
         self._set_panels()
         self.redraw()
 
-    def _set_panels(self) -> None:
-        """A new figure when the epsilon panel comes or goes (a run with DP is drawn)."""
-        epsilon = self._live_epsilon or any("epsilon" in h for h, _ in self.others.values())
-        panels = PANELS + ((EPSILON_PANEL,) if epsilon else ())
+    def _set_panels(self) -> bool:
+        """A new figure when the panels change (a run with DP, a backdoor or a regression target is drawn)."""
+        columns = set(self._live_columns) | ({"epsilon"} if self._live_epsilon else set())
+        for h, _ in self.others.values():
+            columns |= {c for c in h.columns if h[c].notna().any()}
+        panels = panels_for(columns)
         if panels != self.panels:
             self.panels = panels
             self.view.figure = empty_figure(panels)
             self._apply_log_scale(push=False)       # the redraw that follows sends it
+            return True
+        return False
 
     @property
     def figure(self) -> go.Figure:
@@ -117,16 +142,29 @@ class LiveChart:
             self.view.push()
 
     # -- drawing --------------------------------------------------------------------------------
+    @staticmethod
+    def _own_models(history: pd.DataFrame, name: str) -> tuple[pd.DataFrame, str]:
+        """A run without a global model (islands): its accuracy panels draw the clients' own models
+        (personal_acc_mean, and the p10-p90 band of personal_acc), and its name says so."""
+        if ("personal_acc_mean" in history and "test_accuracy" in history
+                and not history["test_accuracy"].notna().any() and history["personal_acc_mean"].notna().any()):
+            own = {"test_accuracy": history["personal_acc_mean"],
+                   **{f"client_acc_{q}": history[f"personal_acc_{q}"] for q in ("p10", "p50", "p90")
+                      if f"personal_acc_{q}" in history}}
+            return history.assign(**own), f"{name} (own models)"
+        return history, name
+
     def traces(self) -> list[dict]:
         """The finished runs' traces, then the live run's (drawn last: on top)."""
         traces = []
         for name, (history, color) in self.others.items():
             if self.live is None or name != self.live[0]:
-                traces += run_traces(history, name, color, self.panels, MAX_POINTS)
+                traces += run_traces(*self._own_models(history, name), color, self.panels, MAX_POINTS)
         if self.live is not None:
             name, color, rows = self.live
+            live, label = self._own_models(pd.DataFrame(rows), name)
             traces += [{**t, "line": {**t["line"], "width": 3}} if "fill" not in t else t
-                       for t in run_traces(pd.DataFrame(rows), name, color, self.panels, MAX_POINTS)]
+                       for t in run_traces(live, label, color, self.panels, MAX_POINTS)]
         return traces
 
     def redraw(self) -> None:

@@ -31,6 +31,7 @@ DEFAULT = "default"                     # a setting left to the Experiment's def
 DP_MODES = ("off", "target epsilon", "noise multiplier")
 LOG_KNOBS = {"client_lr": (-4, 2), "server_lr": (-3, 2), "lr": (-4, 2)}   # log10 ranges of the sliders
 DATA_FIELDS = ("dataset", "dataset_options", "partition", "partition_options", "num_clients", "test_fraction")
+QUALITY_FIELDS = ("corrupt", "corrupt_clients", "quality_threshold")     # the Data tab's quality heatmap
 TABS = (("Data", ("data",)), ("Algorithm", ("algorithm", "model")), ("Training", ("schedule",)),
         ("Adversaries & communication", ("adversaries", "communication")), ("Privacy", ("privacy",)))
 STYLE = {"description_width": "initial"}
@@ -417,7 +418,13 @@ class Controls:
         values = {name: self.fields[name].get() for name in (*DATA_FIELDS, "seed") if name in self.fields}
         for kind in ("dataset", "partition"):
             values[f"{kind}_options"] = {name: c.get() for name, c in self.knobs(kind).items()}
-        return Experiment(**values)
+        quality = {name: self.fields[name].get() for name in QUALITY_FIELDS if name in self.fields}
+        try:                        # the corruption (Data tab) and the quality threshold, when valid
+            return Experiment(**values, **quality)
+        except ValueError:
+            if quality.get("corrupt"):
+                raise               # a bad corruption is the Data tab's own invalid setting
+            return Experiment(**values)
 
     def privacy(self) -> Privacy | None:
         mode = self.dp["dp"].value

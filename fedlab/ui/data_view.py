@@ -1,5 +1,8 @@
 """The Data tab's picture of the federation: a clients x classes heatmap and the client sizes,
-drawn before any training and redrawn when the dataset, partition, alpha or clients change.
+drawn before any training and redrawn when the dataset, partition, alpha or clients change; below
+it, the data-quality clients x checks heatmap (``fedlab.data.quality.assess``: each client's
+shareable summary statistics scored as robust z-scores against the federation) for the data and
+its corruption settings (corrupt, corrupt_clients, quality_threshold).
 
 The data is loaded off the kernel's main thread (``Latest``: the last setting asked for wins, so
 a dragged slider loads once), cached by ``DataCache``, and the status says "loading data..."
@@ -40,6 +43,57 @@ def partition_table(data, split: str = "train") -> tuple[pd.DataFrame, str]:
     labels = [f"{a:.3g}..{b:.3g}" for a, b in zip(edges[:-1], edges[1:])]
     return pd.DataFrame(counts, index=pd.Index(data.names(), name="client"),
                         columns=pd.Index(labels, name="target")), "target range"
+
+
+def quality_report(experiment, data, given: bool) -> pd.DataFrame:
+    """``fedlab.data.quality.assess`` of the clients of ``data``: from the raw tables (with the
+    experiment's corruption injected) for a table dataset, else from the arrays. The label-noise
+    check needs a trained model (``python -m fedlab quality`` runs it) and is left out here."""
+    from fedlab.data import quality
+
+    if not given and quality._is_table(experiment.dataset):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tables = experiment.load_tables()
+    else:
+        tables = quality.tables_from_arrays(data)
+    return quality.assess(tables, threshold=experiment.quality_threshold)
+
+
+def quality_summary(report: pd.DataFrame, threshold: float) -> str:
+    flagged = report.loc[report["flagged"], "client"].astype(str).tolist()
+    text = (f"<b>Data quality</b>: {len(flagged)} of {len(report)} clients flagged (a check's robust z-score "
+            f"above {threshold:g})" + (f": {html.escape(', '.join(flagged[:12]))}{' ...' * (len(flagged) > 12)}"
+                                       if flagged else ""))
+    if report["corrupted"].any():
+        from fedlab.data.quality import detection_scores
+
+        d = detection_scores(report)
+        text += (f" · {int(report['corrupted'].sum())} clients corrupted on purpose: precision "
+                 f"{d['precision']:.2f}, recall {d['recall']:.2f} of the flags")
+    return text + (" <small>(scores from summary statistics a client could share; the label-noise check "
+                   "needs a trained model: <code>python -m fedlab quality</code>)</small>")
+
+
+def quality_figure(report: pd.DataFrame, threshold: float) -> go.Figure:
+    """``fedlab.data.quality.heatmap`` of the first MAX_CLIENTS clients, without the label-noise
+    column when it was not computed."""
+    from fedlab.data import quality
+
+    fig = quality.heatmap(report.iloc[:MAX_CLIENTS], threshold)
+    if report["label_noise"].isna().all():
+        checks = [c for c in quality.CHECKS if c != "label_noise"]
+        trace = fig.data[0]
+        keep = [list(trace.x).index(c) for c in checks]
+        fig.data[0].update(z=np.asarray(trace.z)[:, keep], x=checks, text=np.asarray(trace.text)[:, keep])
+    fig.update_layout(height=int(min(900, max(300, 120 + 16 * min(len(report), MAX_CLIENTS)))),
+                      margin=dict(l=80, r=20, t=50, b=40), autosize=True,
+                      title=dict(text=f"data quality: clients x checks (robust z; above {threshold:g} flags; "
+                                      "! flagged, * corrupted)", font=dict(size=13)))
+    fig.update_xaxes(side="top")
+    return fig
 
 
 def data_summary(data) -> str:
@@ -92,8 +146,15 @@ class DataView:
         self.status = W.HTML("<i>the data shows here once loaded</i>")
         self.view = PlotView(go.Figure(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
                                                    xaxis=dict(visible=False), yaxis=dict(visible=False))))
-        self.box = W.VBox([self.status, self.view.widget], layout=W.Layout(width="100%"))
-        self.box.add_class("fedlab-data-view")
+        self.quality_status = W.HTML()
+        self.quality_view = PlotView(go.Figure(layout=dict(height=40, template="plotly_white", margin=dict(t=5, b=5),
+                                                           xaxis=dict(visible=False), yaxis=dict(visible=False))))
+        self.quality_box = W.VBox([self.quality_status, self.quality_view.widget], layout=W.Layout(width="100%"))
+        self.quality_box.add_class("fedlab-quality-view")
+        self.partition_box = W.VBox([self.status, self.view.widget], layout=W.Layout(width="100%"))
+        self.partition_box.add_class("fedlab-data-view")
+        self.box = W.VBox([self.partition_box, self.quality_box], layout=W.Layout(width="100%"))
+        self.report = None                      # the quality report drawn (a DataFrame)
         self.worker = Latest("fedlab-data-view")
         self.key: tuple | None = None           # the setting drawn (or being loaded)
         self.drawn: tuple | None = None         # the setting whose data is in the figure
@@ -101,7 +162,8 @@ class DataView:
         self.on_loaded = None                   # called with the data once drawn (in the data thread)
 
     def show(self, experiment, given: bool) -> None:
-        key = (DataCache.key(experiment), given)
+        key = (DataCache.key(experiment), given, experiment.corrupt, experiment.corrupt_clients,
+               experiment.quality_threshold)
         if key == self.key:
             return
         self.key = key
@@ -113,6 +175,7 @@ class DataView:
         """The data settings are invalid: say so (the figure keeps the last data drawn)."""
         self.key = None
         self.status.value = (f"<span style='color:#a00'>cannot load the data: {html.escape(str(error))}</span>")
+        self.quality_status.value = "<i>data quality: fix the data settings first</i>"
 
     def _load_and_draw(self, key: tuple, experiment, given: bool) -> None:
         if key != self.key:                     # superseded before it started
@@ -132,10 +195,37 @@ class DataView:
         self.status.value = f"<span class='fedlab-data-summary'>{data_summary(data)}</span>"
         if self.on_loaded is not None:
             self.on_loaded(data)
+        self._assess(key, experiment, data, given)
+
+    def _assess(self, key: tuple, experiment, data, given: bool) -> None:
+        """(In the data thread, after the partition is drawn.) The quality heatmap of this data."""
+        if hasattr(data, "device_data"):        # a generated population: no tables to assess
+            self.report = None
+            self.quality_status.value = "<i>data quality: not assessed for a generated population</i>"
+            return
+        self.quality_status.value = "<i>assessing data quality...</i>"
+        try:
+            report = quality_report(experiment, data, given)
+        except Exception as err:               # noqa: BLE001 - shown in place of the heatmap
+            if key == self.key:
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                self.quality_status.value = (f"<span style='color:#a00'>cannot assess the data quality: "
+                                             f"{html.escape(first)}</span>")
+            return
+        if key != self.key:
+            return
+        self.report = report
+        self.quality_view.show(quality_figure(report, experiment.quality_threshold))
+        self.quality_status.value = (f"<span class='fedlab-quality-summary'>"
+                                     f"{quality_summary(report, experiment.quality_threshold)}</span>")
 
     @property
     def figure(self) -> go.Figure:
         return self.view.figure
+
+    @property
+    def quality_figure(self) -> go.Figure:
+        return self.quality_view.figure
 
     def wait(self, timeout: float | None = None) -> bool:
         return self.worker.wait(timeout)

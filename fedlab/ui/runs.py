@@ -78,6 +78,14 @@ def describe(experiment: Experiment, data_name: str | None, others: list[dict]) 
     return " · ".join(parts)
 
 
+def run_identity(history, data_name: str | None = None) -> dict:
+    """``identity`` of a kept run; a pooled baseline's algorithm is "pooled (centralized)"."""
+    me = identity(experiment_of(history), data_name)
+    if history.attrs.get("baseline") == "pooled":
+        me.update(algorithm="pooled (centralized)", options="", privacy="off")
+    return me
+
+
 def run_number(name: str) -> int:
     match = re.match(r"#(\d+)", name)
     return int(match.group(1)) if match else 0
@@ -113,15 +121,22 @@ def settings_row(experiment: Experiment, data_name: str | None = None) -> dict:
     return row
 
 
-def code_of(experiment: Experiment, data_name: str | None = None) -> tuple[str, str]:
-    """(Python code, command line) that run ``experiment`` again."""
+def code_of(experiment: Experiment, data_name: str | None = None, baseline: str | None = None) -> tuple[str, str]:
+    """(Python code, command line) that run ``experiment`` again (``baseline="pooled"``: its
+    centralized baseline, ``fedlab.transfer.pooled``, which has no command line)."""
     code, command = experiment.to_code(), experiment.to_command()
+    end = "history = experiment.run()"
     if data_name:
-        end = "history = experiment.run()"
         fix = "history = experiment.run(data=data)    # data: the FederatedDataset given to the Workbench"
         code = code[:-len(end)] + fix if code.endswith(end) else code
         command = (f"# no command line: this run trains on {data_name}, a dataset given in Python "
                    "(a file of it runs as --dataset csv:PATH or npz:PATH)")
+    if baseline == "pooled" and code.startswith("import fedlab"):
+        data = ", data" if data_name else ""
+        code = (code[:code.rindex("history = ")] + f"pooled = fedlab.transfer.pooled(experiment{data})    "
+                "# the centralized baseline: final test_accuracy, client_acc_*"
+                + ("    # data: the FederatedDataset given to the Workbench" if data_name else ""))
+        command = "# no command line: the pooled baseline is fedlab.transfer.pooled(experiment) in Python"
     return code, command
 
 
@@ -259,12 +274,16 @@ class RunList:
         self.show_downloads()
 
     # -- names and colours ------------------------------------------------------------------------
-    def new_name(self, experiment: Experiment, data_name: str | None) -> str:
+    def new_name(self, experiment: Experiment, data_name: str | None, label: str | None = None) -> str:
         """'#3 fedprox mu=0.5 · dirichlet:0.1': the next number (a run that failed gave its number
-        back) and what differs from the kept runs."""
+        back) and what differs from the kept runs; ``label`` in place of the algorithm and its
+        options ('#4 islands (local) · seed=1')."""
         number = max((run_number(n) for n in self.runs), default=0) + 1
-        others = [identity(experiment_of(h), self.given.get(n)) for n, h in self.runs.items()]
-        return f"#{number} {describe(experiment, data_name, others)}"
+        others = [run_identity(h, self.given.get(n)) for n, h in self.runs.items()]
+        text = describe(experiment, data_name, others)
+        if label is not None:
+            text = " · ".join([label, *text.split(" · ")[1:]])
+        return f"#{number} {text}"
 
     def color(self, name: str) -> str:
         """The run's colour: its own for good (a new run: the next one, never one in use)."""
@@ -385,14 +404,16 @@ class RunList:
     def show_code(self) -> None:
         """Show the chosen run (or the controls) as Python and as a command line."""
         name = self.chosen.value
+        baseline = None
         if name in self.runs:
             experiment, data_name = experiment_of(self.runs[name]), self.given.get(name)
+            baseline = self.runs[name].attrs.get("baseline")
         else:
             experiment, data_name = self.current()
         if isinstance(experiment, Exception):
             self.code.value, self.command.value = f"# {experiment}", ""
         else:
-            self.code.value, self.command.value = code_of(experiment, data_name)
+            self.code.value, self.command.value = code_of(experiment, data_name, baseline)
         self._update_buttons()
 
     def _update_buttons(self, busy: bool = False) -> None:
@@ -405,13 +426,14 @@ class RunList:
     def table(self) -> pd.DataFrame:
         """One row per kept run: its settings, how it ended, its final metrics."""
         rows = {name: {**settings_row(experiment_of(h), self.given.get(name)), "status": h.status,
+                       **({"algorithm": "pooled (centralized)"} if h.attrs.get("baseline") == "pooled" else {}),
                        **final_metrics(h)} for name, h in self.runs.items()}
         return pd.DataFrame.from_dict(rows, orient="index")
 
     def overview(self) -> pd.DataFrame:
         """The table shown: per run what tells it apart (IDENTITY) and how it ended (RESULTS),
         sorted by the chosen column."""
-        rows = {name: {**identity(experiment_of(h), self.given.get(name)), "status": h.status, **final_metrics(h)}
+        rows = {name: {**run_identity(h, self.given.get(name)), "status": h.status, **final_metrics(h)}
                 for name, h in self.runs.items()}
         table = pd.DataFrame.from_dict(rows, orient="index")
         if table.empty:

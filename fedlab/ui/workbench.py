@@ -8,9 +8,11 @@
 The controls describe one ``fedlab.Experiment`` (``wb.experiment()``; ``wb.show(experiment)`` sets
 them from one). Run trains it with ``experiment.run`` in a background thread while the chart
 listens to its rounds; Stop ends it after the current round, Continue takes a stopped run on to
-the rounds it asked for. Each kept run shows as Python code and as a command line. The parts:
-``controls`` (widgets <-> Experiment), ``runner`` (threads, Stop, data), ``charts`` (the live
-chart), ``runs`` (kept runs, table, exports, code); this class wires them.
+the rounds it asked for; Islands and Pooled run the settings' two baselines (``baselines``).
+Each kept run shows as Python code and as a command line. The parts: ``controls`` (widgets <->
+Experiment), ``runner`` (threads, Stop, data), ``charts`` (the live chart), ``runs`` (kept runs,
+table, exports, code), ``clients`` (the per-client view), ``data_view`` (the Data tab), ``presets``;
+this class wires them.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import ipywidgets as W
 import jax
 
 import fedlab
+from fedlab.ui.baselines import ISLANDS, POOLED, islands, pooled_run
 from fedlab.ui.charts import LiveChart
 from fedlab.ui.clients import ClientView, client_table
 from fedlab.ui.controls import GIVEN, Controls, dp_available
@@ -96,6 +99,14 @@ class Workbench:
         self.stop_button = W.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.continue_button = W.Button(description="Continue", icon="forward", disabled=True,
                                         tooltip="continue the chosen (else the last) stopped run to its rounds")
+        self.islands_button = W.Button(description="Islands", icon="th-large",
+                                       tooltip="the islands baseline: these settings with algorithm local (each client "
+                                               "trains alone on its own rows, nothing is sent)")
+        self.pooled_button = W.Button(description="Pooled", icon="database",
+                                      tooltip="the pooled (centralized) baseline: these settings' model trained on all "
+                                              "clients' rows in one place, evaluated on each client's test rows")
+        self.islands_button.on_click(lambda _: self.start_baseline("islands"))
+        self.pooled_button.on_click(lambda _: self.start_baseline("pooled"))
         self.reset_button = W.Button(description="Reset", icon="refresh",
                                      tooltip="forget all runs, clear the charts (asks first)")
         self.progress = W.HTML(value="<i>ready</i>")
@@ -127,8 +138,11 @@ class Workbench:
                        ".fedlab-runs-table td, .fedlab-runs-table th {padding: 2px 8px}"
                        + ((".jp-MarkdownCell:not(:has(h1)), .jp-CodeCell:not(:has(.fedlab-workbench)) "
                            "{display: none !important}") if in_voila() else "") + "</style>")
-        buttons = W.HBox([self.run_button, self.stop_button, self.continue_button, self.reset_button, self.progress],
+        buttons = W.HBox([self.run_button, self.stop_button, self.continue_button, self.islands_button,
+                          self.pooled_button, self.reset_button, self.progress],
                          layout=W.Layout(align_items="center"))
+        for button in buttons.children[:-1]:       # never squeezed to "Conti..." by a long status
+            button.layout.flex, button.layout.width = "0 0 auto", "auto"
         data_tab = self.form.tabs.children[0]
         data_tab.children = (*data_tab.children, self.data_view.box)
         self.widget = W.VBox([style, W.HBox([self.preset, self.preset_info], layout=W.Layout(align_items="center")),
@@ -358,6 +372,33 @@ class Workbench:
         given = self._given_name(self.form.uses_given)
         return self._launch(experiment, self.run_list.new_name(experiment, given), given)
 
+    def start_baseline(self, kind: str) -> bool:
+        """Start a baseline of the controls' settings in the background (what Islands and Pooled
+        do): kind "islands" (``algorithm="local"``) or "pooled" (``fedlab.transfer.pooled``'s
+        centralized reference, drawn round by round). Returns False (and shows why) if nothing started."""
+        if self.running:
+            return False
+        self._clear()
+        try:
+            if kind not in ("islands", "pooled"):
+                raise ValueError(f"baseline must be 'islands' or 'pooled', got {kind!r}")
+            experiment = self.form.experiment()
+            if kind == "islands":
+                experiment = islands(experiment)
+        except Exception as err:       # noqa: BLE001 - a factory may raise anything
+            self._fail(err, traceback.format_exc())
+            return False
+        given = self._given_name(self.form.uses_given)
+        name = self.run_list.new_name(experiment, given, label=ISLANDS if kind == "islands" else POOLED)
+        return self._launch(experiment, name, given, pooled=kind == "pooled")
+
+    def run_baseline(self, kind: str) -> "fedlab.History":
+        """The islands or pooled baseline of the controls' settings (see :meth:`start_baseline`),
+        blocking; returns its History (kept as a run)."""
+        if self.running:
+            raise RuntimeError("a run is in progress; stop it or wait() first")
+        return self._finish(self.start_baseline(kind))
+
     def start_continue(self, name: str | None = None, rounds: int | None = None) -> bool:
         """Continue kept run ``name`` (default: the chosen, else the last) up to ``rounds`` (default:
         the rounds it asked for) in the background (what Continue does); its History is replaced
@@ -370,6 +411,8 @@ class Workbench:
             if name not in self.runs:
                 raise ValueError(f"no run {name!r} to continue; the runs are {list(self.runs)}")
             history = self.runs[name]
+            if history.attrs.get("baseline"):
+                raise ValueError(f"rounds: {name} is a baseline; run it again instead of continuing it")
             experiment = experiment_of(history)
             if rounds is not None and rounds != experiment.rounds:
                 if experiment.privacy is not None and experiment.privacy.target_epsilon is not None:
@@ -384,22 +427,28 @@ class Workbench:
             return False
         return self._launch(experiment, name, self.run_list.given.get(name), after=history)
 
-    def _launch(self, experiment, name: str, given: str | None, after=None) -> bool:
+    def _launch(self, experiment, name: str, given: str | None, after=None, pooled: bool = False) -> bool:
         self._start_round, self._last_name = (0 if after is None else after.state.round), name
         self._first_seconds = None
         self.chart.begin(name, self.run_list.color(name), [] if after is None else after.to_dict("records"),
-                         epsilon=experiment.privacy is not None)
+                         epsilon=experiment.privacy is not None and not pooled)
         self.progress.value = "<i>loading data and compiling...</i>"
         self._set_busy(True)
-        self.runner.start(self._work, experiment, name, given, after)
+        self.runner.start(self._work, experiment, name, given, after, pooled)
         return True
 
-    def _work(self, experiment, name: str, given: str | None, after):
+    def _work(self, experiment, name: str, given: str | None, after, pooled: bool = False):
         """The training thread: build, run with the chart and Stop listening, keep the History."""
         history = None
         try:
             self.runner.wait_for_warm_up()
             data = self.data.load(experiment, given is not None)
+            if pooled:
+                self.progress.value = "<i>compiling...</i>"
+                history = pooled_run(experiment, data, callbacks=[self._on_round, self.runner.check_stop])
+                self.run_list.keep(name, history, given, client_table(history, data))
+                self._show_clients()
+                return
             calibration = calibration_key(experiment, data.num_clients)
             if calibration is not None and self.calibrations.cached(calibration) is None:
                 self.progress.value = "<i>computing epsilon (calibrating the noise)...</i>"
@@ -438,11 +487,14 @@ class Workbench:
         name = self.run_list.chosen_run
         table = self.run_list.extra.get(name) if name is not None else None
         self.client_view.show(name if table is not None else None, table,
-                              self.run_list.color(name) if name in self.runs else "#1f77b4")
+                              self.run_list.color(name) if name in self.runs else "#1f77b4",
+                              getattr(self.runs.get(name), "client_rounds", None))
 
     def clients(self, name: str | None = None):
         """The per-client table of kept run ``name`` (default: the chosen, else the last): the final
-        model's test accuracy per client, its size and label skew (a DataFrame)."""
+        model's test accuracy per client, its size and label skew, and ``personal_accuracy`` (the
+        model the client uses) when the run personalizes (a DataFrame). Each round's values per
+        client are the run's ``history.client_rounds``."""
         name = name or self.run_list.chosen_run
         if name not in self.runs:
             raise ValueError(f"no run {name!r}; the runs are {list(self.runs)}")
@@ -505,6 +557,7 @@ class Workbench:
     def _set_busy(self, busy: bool):
         self.form.disabled = self.run_list.disabled = busy
         self.run_button.disabled = self.reset_button.disabled = busy
+        self.islands_button.disabled = self.pooled_button.disabled = busy
         self.stop_button.disabled = not busy
         self._update_continue(busy)
 
@@ -512,7 +565,8 @@ class Workbench:
         """Continue is on for the chosen (else the last) run if it stopped before its rounds."""
         name = self.run_list.chosen_run
         busy = self.running if busy is None else busy
-        self.continue_button.disabled = busy or name is None or not can_continue(self.runs[name])
+        self.continue_button.disabled = (busy or name is None or not can_continue(self.runs[name])
+                                         or bool(self.runs[name].attrs.get("baseline")))
 
     # -- messages -------------------------------------------------------------------------------------
     def _clear(self):
