@@ -26,11 +26,17 @@ sends C(w - view), which every client adds to its view (so the gap w - view is f
 server). Clients train from their view; the server's own model w is the one evaluated.
 
 Where it composes and where not: after ``local_dp`` it is post-processing of an already private
-vector, so sound. With central DP (``dp``) the noise is calibrated to the clipped update's norm and
-to what is summed; error feedback and QSGD can raise that norm, so fedlab refuses to compress DP
-updates (top-k or sign without error feedback would keep the bound, but are not wired). With
-secure aggregation, top-k payloads of different clients have different supports and cannot be
-summed under pairwise masks (refused).
+vector, so sound (``compressed(local_dp(s))``); the other order, ``local_dp(compressed(s))``, is
+refused: noise on a compressed update either fills it (dense again) or covers only the kept
+coordinates, whose choice (a top-k support) is a function of the raw update and leaks. With central
+DP, ``compressed(dp(s), up=...)`` compresses each clipped update (error feedback included), then
+scales the payload so that what the server decodes is back inside DP's unit ball (error feedback,
+QSGD's rounding and rand-k's d/k can leave it; a scale of one float field, so the bytes do not
+change); the server decodes, sums and noises the dense sum as ``dp`` does: the sensitivity is C
+whatever the client sends, and the accounting is unchanged. The broadcast of a DP run is compressed
+inside it, ``dp(compressed(s, down=...))`` (post-processing of the noised model). With secure
+aggregation, top-k payloads of different clients have different supports and cannot be summed under
+pairwise masks (refused).
 """
 from __future__ import annotations
 
