@@ -215,6 +215,39 @@ def dp_compression(seeds):
           .agg(["mean", "std"]).to_string())
 
 
+def readme_tables(seeds=None):
+    """The README's tables from the CSVs: mean ± standard deviation over the seeds (n in brackets when
+    a cell has fewer runs than the others)."""
+    def cell(values):
+        n = len(values)
+        return "" if n == 0 else f"{values.mean():.3f} ± {values.std(ddof=1) if n > 1 else float('nan'):.3f}" + (
+            f" (n={n})" if n < 3 else "")
+
+    for name, metric, defenses in (("attacks_robustness", "test_accuracy", DEFENSES),
+                                   ("attacks_lending_club", "test_balanced_accuracy", LENDING_DEFENSES)):
+        path = RESULTS / f"{name}.csv"
+        if not path.exists():
+            continue
+        df = pd.read_csv(path)
+        df["defense"] = df["defense"].fillna("FedAvg")
+        names = ["FedAvg" if d is None else d for d in defenses]
+        print(f"\n{name} ({metric})\n| attack | attackers | " + " | ".join(names) + " |")
+        print("|---|---|" + "---|" * len(names))
+        for attack in ("none",) + ATTACKS:
+            for frac in FRACTIONS:
+                cells = [cell(df[(df.attack == attack) & (df.attackers == frac) & (df.defense == d)][metric])
+                         for d in names]
+                if any(cells):
+                    print(f"| {attack} | {frac:.0%} | " + " | ".join(cells) + " |")
+    path = RESULTS / "dp_compression.csv"
+    if path.exists():
+        df = pd.read_csv(path)
+        print("\n| uplink | DP | MB up | final accuracy | epsilon |\n|---|---|---|---|---|")
+        for (dp_on, spec, ef), g in df.groupby(["dp", "compress", "error_feedback"], sort=False):
+            print(f"| {spec}{' + EF' if ef else ''} | {'(8, 1e-5)' if dp_on else 'no'} | {g.mb_up.mean():.3f} | "
+                  f"{cell(g.test_accuracy)} | {g.epsilon.mean():.3f} |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("which", nargs="?", default="all")
