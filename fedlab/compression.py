@@ -26,11 +26,17 @@ sends C(w - view), which every client adds to its view (so the gap w - view is f
 server). Clients train from their view; the server's own model w is the one evaluated.
 
 Where it composes and where not: after ``local_dp`` it is post-processing of an already private
-vector, so sound. With central DP (``dp``) the noise is calibrated to the clipped update's norm and
-to what is summed; error feedback and QSGD can raise that norm, so fedlab refuses to compress DP
-updates (top-k or sign without error feedback would keep the bound, but are not wired). With
-secure aggregation, top-k payloads of different clients have different supports and cannot be
-summed under pairwise masks (refused).
+vector, so sound (``compressed(local_dp(s))``); the other order, ``local_dp(compressed(s))``, is
+refused: noise on a compressed update either fills it (dense again) or covers only the kept
+coordinates, whose choice (a top-k support) is a function of the raw update and leaks. With central
+DP, ``compressed(dp(s), up=...)`` compresses each clipped update (error feedback included), then
+scales the payload so that what the server decodes is back inside DP's unit ball (error feedback,
+QSGD's rounding and rand-k's d/k can leave it; a scale of one float field, so the bytes do not
+change); the server decodes, sums and noises the dense sum as ``dp`` does: the sensitivity is C
+whatever the client sends, and the accounting is unchanged. The broadcast of a DP run is compressed
+inside it, ``dp(compressed(s, down=...))`` (post-processing of the noised model). With secure
+aggregation, top-k payloads of different clients have different supports and cannot be summed under
+pairwise masks (refused).
 """
 from __future__ import annotations
 
@@ -48,11 +54,14 @@ _COMPRESS_TAG = 0xC0DE
 
 
 class Compressor(NamedTuple):
-    """encode(v [d], key) -> payload (fixed shapes); decode(payload) -> [d] float32."""
+    """encode(v [d], key) -> payload (fixed shapes); decode(payload) -> [d] float32;
+    rescale(payload, factor) -> the payload of factor * decode(payload) (same shapes and bytes:
+    every kind is linear in one float field, so clipping a decoded update scales that field)."""
 
     spec: str
     encode: Callable
     decode: Callable
+    rescale: Callable = None
 
 
 COMPRESSORS = {"topk": (None, [("fraction", float, 0.01)]), "randk": (None, [("fraction", float, 0.01)]),
@@ -85,7 +94,7 @@ def make_compressor(spec, d: int, *, error_feedback: bool = False, what: str = "
 
             def decode(p):
                 return jnp.zeros(d, jnp.float32).at[coords(p["seed"])].set(p["values"])
-        return Compressor(f"{kind}:{frac:g}", encode, decode)
+        return Compressor(f"{kind}:{frac:g}", encode, decode, _scaling("values"))
     if kind == "qsgd":
         levels = check_int(f"{what}: qsgd LEVELS", values[0], 1, 32767)
         level_dtype = jnp.int8 if levels <= 127 else jnp.int16
@@ -99,7 +108,7 @@ def make_compressor(spec, d: int, *, error_feedback: bool = False, what: str = "
 
         def decode(p):
             return p["norm"] * p["levels"].astype(jnp.float32) / levels
-        return Compressor(f"qsgd:{levels}", encode, decode)
+        return Compressor(f"qsgd:{levels}", encode, decode, _scaling("norm"))
     # sign
     padded = -d % 8
 
@@ -111,7 +120,13 @@ def make_compressor(spec, d: int, *, error_feedback: bool = False, what: str = "
     def decode(p):
         bits = (p["bits"][:, None] >> jnp.arange(8, dtype=jnp.uint8)) & 1
         return p["scale"] * (2.0 * bits.reshape(-1)[:d].astype(jnp.float32) - 1.0)
-    return Compressor("sign", encode, decode)
+    return Compressor("sign", encode, decode, _scaling("scale"))
+
+
+def _scaling(field: str) -> Callable:
+    def rescale(payload, factor):
+        return {**payload, field: (payload[field] * factor).astype(payload[field].dtype)}
+    return rescale
 
 
 def canonical_spec(spec, what: str = "compress") -> str:
@@ -168,13 +183,15 @@ def compressed(strategy: Strategy, *, up: str | None = None, down: str | None = 
         raise ValueError("compress: the updates go to a host aggregation (secure aggregation, Paillier); "
                          "compressed payloads of different clients (top-k supports) cannot be summed under "
                          "masks or ciphertexts, so fedlab does not combine them")
-    if not strategy.model_update:
-        raise ValueError(f"compress: {strategy.name} does not send a plain model delta (model_update=False: DP's "
-                         "clipped and noised update, FedNova's tau, q-FFL's h, SCAFFOLD's control variates); "
-                         "compressing it would change what DP's noise and these algorithms' weights assume")
+    central_dp = bool(getattr(strategy.aggregate, "unit_ball_sum", False))
+    if not strategy.model_update and not central_dp:
+        raise ValueError(f"compress: {strategy.name} does not send a plain model delta (model_update=False: "
+                         "FedNova's tau, q-FFL's h, SCAFFOLD's control variates); compressing it would change "
+                         "what these algorithms' weights assume")
     if down is not None and strategy.broadcast is not _identity_broadcast:
         raise ValueError(f"compress_down: {strategy.name} broadcasts more than its model; only the model "
-                         "broadcast can be compressed")
+                         "broadcast can be compressed" + (" (with DP, compress it inside: compressed(dp(compressed("
+                                                         "strategy, down=...)), up=...))" if central_dp else ""))
     for spec, what in ((up, "compress"), (down, "compress_down")):
         if spec is not None:
             canonical_spec(spec, what)
@@ -182,6 +199,21 @@ def compressed(strategy: Strategy, *, up: str | None = None, down: str | None = 
 
     def uplink(d):
         return make_compressor(up, d, error_feedback=error_feedback)
+
+    def body_of(update):
+        """The model delta inside what a client sends (DP's scaled update, an attacker-tagged update)."""
+        if central_dp:
+            return update.scaled
+        if hasattr(update, "attacker") and isinstance(update.attacker, Held):
+            return update.update
+        return update
+
+    def with_body(update, body):
+        if central_dp:
+            return update._replace(scaled=body)
+        if hasattr(update, "attacker") and isinstance(update.attacker, Held):
+            return update._replace(update=body)
+        return body
 
     def client_state_init(params):
         d = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
@@ -193,8 +225,7 @@ def compressed(strategy: Strategy, *, up: str | None = None, down: str | None = 
 
     def client_final(local, client_state, info):
         out, inner_state = strategy.client_final(local, client_state.inner, info)
-        tagged = hasattr(out.update, "attacker") and isinstance(out.update.attacker, Held)
-        body = out.update.update if tagged else out.update
+        body = body_of(out.update)
         layout["like"] = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), body)
         v = _flat(body)
         comp = uplink(v.shape[0])
@@ -204,25 +235,28 @@ def compressed(strategy: Strategy, *, up: str | None = None, down: str | None = 
         residual = client_state.residual
         if error_feedback:
             residual = jnp.where(out.weight > 0, v - comp.decode(payload), residual)
-        sent = out.update._replace(update=payload) if tagged else payload
-        return out._replace(update=sent), CompressedClientState(inner_state, residual)
+        if central_dp:
+            # back into DP's unit ball after compressing (error feedback, QSGD's rounding, rand-k's
+            # d/k can leave it): the sensitivity the noise is calibrated to holds whatever was sent
+            norm = jnp.sqrt(jnp.sum(comp.decode(payload) ** 2))
+            payload = comp.rescale(payload, jnp.minimum(1.0, 1.0 / jnp.maximum(norm, 1e-30)))
+        return out._replace(update=with_body(out.update, payload)), CompressedClientState(inner_state, residual)
 
     inner_aggregate = strategy.aggregate
 
     def aggregate(updates, weights, key):
         like = layout["like"]
         d = sum(math.prod(x.shape) for x in jax.tree.leaves(like))
-        tagged = hasattr(updates, "attacker") and isinstance(updates.attacker, Held)
-        payloads = updates.update if tagged else updates
-        rows = jax.vmap(uplink(d).decode)(payloads)
+        rows = jax.vmap(uplink(d).decode)(body_of(updates))
         take = weights > 0
         rows = jnp.where(take[:, None], rows, 0.0)
         if inner_aggregate is None:
             w = jnp.where(take, weights, 0.0)
             return _unflat(jnp.sum(rows * w[:, None], 0) / jnp.maximum(jnp.sum(w), 1e-12), like), {}
         stacked = jax.vmap(lambda r: _unflat(r, like))(rows)
-        return inner_aggregate(updates._replace(update=stacked) if tagged else stacked, weights, key)
+        return inner_aggregate(with_body(updates, stacked), weights, key)
 
+    aggregate.decodes_compressed = True         # dp / local_dp refuse to wrap it (see privacy.dp)
     wrapped = strategy._replace(name=f"compressed({strategy.name})", client_state_init=client_state_init,
                                 client_init=client_init, client_final=client_final)
     if up is not None:

@@ -94,8 +94,13 @@ def test_error_feedback_residual_is_what_top_k_dropped():
 def test_compression_refuses_what_it_cannot_compose_with():
     from fedlab.privacy import dp, secure
 
+    from fedlab.algorithms.scaffold import scaffold
+
     with pytest.raises(ValueError, match="does not send a plain model delta"):
-        compressed(dp(fedavg(), clip=1.0, clients_per_round=2, num_clients=4, noise_multiplier=1.0), up="sign")
+        compressed(scaffold(), up="sign")
+    # DP composes (tests/test_dp_compression.py), but only its uplink: its broadcast carries the clip
+    with pytest.raises(ValueError, match="compress_down: .* broadcasts more than its model"):
+        compressed(dp(fedavg(), clip=1.0, clients_per_round=2, num_clients=4, noise_multiplier=1.0), down="sign")
     with pytest.raises(ValueError, match="host aggregation"):
         compressed(secure(fedavg()), up="topk:0.1")
 

@@ -249,7 +249,6 @@ def import_json(path):
     ({"error_feedback": True}, "error_feedback: needs an uplink compression"),
     ({"defense": "median", "privacy": fedlab.Privacy(noise_multiplier=1.0)}, "defense: robust aggregation does not compose"),
     ({"attack": "scale", "attackers": 0.1, "privacy": fedlab.Privacy(noise_multiplier=1.0)}, "model poisoning with privacy"),
-    ({"compress": "sign", "privacy": fedlab.Privacy(noise_multiplier=1.0)}, "compress: compression does not compose"),
 ])
 def test_bad_security_and_compression_settings(changes, message):
     with pytest.raises(ValueError) as err:

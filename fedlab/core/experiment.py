@@ -420,9 +420,6 @@ class Experiment:
                 raise ValueError("attack: model poisoning with privacy is not simulated (fedlab's DP clips in the "
                                  "client's code, which a malicious client would skip); data poisoning "
                                  "(label_flip, backdoor) works with privacy")
-            if self.compress is not None or self.compress_down is not None:
-                raise ValueError("compress: compression does not compose with central DP here (error feedback and "
-                                 "QSGD can raise the clipped norm the noise is calibrated to)")
 
     def replace(self, **changes) -> "Experiment":
         """A copy with ``changes`` (validated like a new Experiment)."""
@@ -561,13 +558,20 @@ class Experiment:
 
             strategy = quality.reweight(strategy, quality.client_factors(report))
         strategy, attackers, extra_eval = self._wrap_security(strategy, data, model, clients_per_round)
+        # with DP (issue 13) the broadcast is compressed inside dp (post-processing of the noised model),
+        # the uplink outside it (compressed, put back in DP's unit ball, noised on the server)
+        down_inside = self.privacy is not None and self.compress_down is not None
+        if down_inside:
+            from fedlab.compression import compressed
+
+            strategy = compressed(strategy, down=self.compress_down)
         if self.privacy is not None:
             strategy = self.privacy.wrap(strategy, clients_per_round=clients_per_round, num_clients=K,
                                          sampling=self.resolved_sampling, rounds=self.rounds)
-        if self.compress is not None or self.compress_down is not None:
+        if self.compress is not None or (self.compress_down is not None and not down_inside):
             from fedlab.compression import compressed
 
-            strategy = compressed(strategy, up=self.compress, down=self.compress_down,
+            strategy = compressed(strategy, up=self.compress, down=None if down_inside else self.compress_down,
                                   error_feedback=self.error_feedback)
         return Built(data, strategy, model, clients_per_round, self.resolved_sampling, new_clients=new_clients,
                      attackers=attackers, extra_eval=extra_eval, quality=report)

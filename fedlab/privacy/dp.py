@@ -80,6 +80,12 @@ def gaussian_like(key, tree, stddev):
 def _check_strategy(strategy, wrapper: str):
     if not isinstance(strategy, Strategy):
         raise ValueError(f"strategy must be a fedlab Strategy, got {type(strategy).__name__}")
+    if getattr(strategy.aggregate, "decodes_compressed", False):
+        raise ValueError(f"{wrapper}: compress outside DP, compressed({wrapper}(strategy), up=...), not inside: "
+                         + ("clipping and noising after the server decodes would send dense updates"
+                            if wrapper == "dp" else
+                            "noise on a compressed update either fills it (dense again) or covers only the "
+                            "kept coordinates, whose choice (a top-k support) leaks the raw update"))
     if strategy.aggregate is not None:
         raise ValueError(f"strategy {strategy.name!r} already has a custom aggregate; DP replaces the "
                          "aggregation, so wrap a strategy that uses the engine's weighted mean")
@@ -173,6 +179,7 @@ def dp(strategy: Strategy, *, clip: float, clients_per_round: int, num_clients: 
             metrics["unclipped_fraction"] = unclipped
         return DPUpdate(mean, unclipped, metrics["clip"]), metrics
 
+    aggregate.unit_ball_sum = True     # sums updates inside the unit ball: compressed() keeps them there
     def server_update(state, agg):
         inner = strategy.server_update(state.inner, optax.tree_utils.tree_scale(state.clip, agg.scaled))
         clip_next = state.clip
