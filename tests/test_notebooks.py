@@ -23,12 +23,17 @@ def text_of(nb) -> str:
     return "\n".join(out)
 
 
-@pytest.mark.parametrize("name", CURRICULUM)
-def test_notebook_runs_in_smoke_mode(name):
+def run_smoke(name: str) -> str:
+    """Execute notebook ``name`` in smoke mode (its first code cell is the SMOKE switch); its text."""
     nb = execute_notebook(name)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert first_code.source.startswith('import os; SMOKE = os.environ.get("FEDLAB_SMOKE") == "1"')
-    text = text_of(nb)
+    return text_of(nb)
+
+
+@pytest.mark.parametrize("name", CURRICULUM)
+def test_notebook_runs_in_smoke_mode(name):
+    text = run_smoke(name)
     if name == "01_fedavg_from_scratch.ipynb":
         assert "one FedAvg round == one gradient-descent step on the pooled data" in text
     if name == "03_new_strategy.ipynb":
@@ -39,10 +44,7 @@ def test_notebook_runs_in_smoke_mode(name):
 
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_notebook_runs_in_smoke_mode(name):
-    nb = execute_notebook(name)
-    first_code = next(c for c in nb.cells if c.cell_type == "code")
-    assert first_code.source.startswith('import os; SMOKE = os.environ.get("FEDLAB_SMOKE") == "1"')
-    text = text_of(nb)
+    text = run_smoke(name)
     assert "precision" in text and "recall" in text          # the quality audit ran and was scored
     assert "island" in text and "pooled" in text              # the value-of-collaboration table
 

@@ -16,7 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fedlab.ui.plot import PlotView
+from fedlab.ui.plot import PlotView, blank
 
 TITLE = "<b>Clients</b> <i>(after a run: how its final model does on each client)</i>"
 SELECTED = "#d62728"
@@ -149,12 +149,12 @@ class ClientView:
 
     def __init__(self):
         self.title = W.HTML(TITLE)
-        self.view = PlotView(self._empty())
+        self.view = PlotView(blank())
         self.client = W.Dropdown(options=[], description="client", style={"description_width": "initial"},
                                  layout=W.Layout(width="320px"),
                                  tooltip="the client whose accuracy over rounds is drawn")
         self.gain = W.HTML()
-        self.curve_view = PlotView(self._empty())
+        self.curve_view = PlotView(blank())
         self.curve_box = W.VBox([W.HBox([self.client, self.gain], layout=W.Layout(align_items="center")),
                                  self.curve_view.widget], layout=W.Layout(width="100%", display="none"))
         self.curve_box.add_class("fedlab-client-curves")
@@ -166,11 +166,6 @@ class ClientView:
         self.color = "#1f77b4"
         self._showing = False
         self.client.observe(lambda _: self._draw_curve(), "value")
-
-    @staticmethod
-    def _empty() -> go.Figure:
-        return go.Figure(layout=dict(height=40, margin=dict(t=5, b=5), template="plotly_white",
-                                     xaxis=dict(visible=False), yaxis=dict(visible=False)))
 
     @property
     def figure(self) -> go.Figure:
@@ -185,7 +180,7 @@ class ClientView:
         if name is None or table is None:
             self.shown, self.table, self.curves = None, None, None
             self.title.value = TITLE
-            self.view.show(self._empty())
+            self.view.show(blank())
             self.curve_box.layout.display = "none"
             return
         metric, label = _metric(table)

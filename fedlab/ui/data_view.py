@@ -19,8 +19,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fedlab.ui.plot import PlotView
-from fedlab.ui.runner import DataCache, Latest
+from fedlab.ui.plot import PlotView, blank
+from fedlab.ui.runner import DataCache, Latest, first_line
 
 MAX_CLIENTS = 200                   # more clients: the first 200 are drawn (the summary says so)
 TARGET_BINS = 8                     # regression: target ranges (quantile bins) per client
@@ -144,11 +144,9 @@ class DataView:
     def __init__(self, cache: DataCache):
         self.cache = cache
         self.status = W.HTML("<i>the data shows here once loaded</i>")
-        self.view = PlotView(go.Figure(layout=dict(height=60, template="plotly_white", margin=dict(t=10, b=10),
-                                                   xaxis=dict(visible=False), yaxis=dict(visible=False))))
+        self.view = PlotView(blank(60))
         self.quality_status = W.HTML()
-        self.quality_view = PlotView(go.Figure(layout=dict(height=40, template="plotly_white", margin=dict(t=5, b=5),
-                                                           xaxis=dict(visible=False), yaxis=dict(visible=False))))
+        self.quality_view = PlotView(blank(40))
         self.quality_box = W.VBox([self.quality_status, self.quality_view.widget], layout=W.Layout(width="100%"))
         self.quality_box.add_class("fedlab-quality-view")
         self.partition_box = W.VBox([self.status, self.view.widget], layout=W.Layout(width="100%"))
@@ -185,7 +183,7 @@ class DataView:
         except Exception as err:               # noqa: BLE001 - shown in place of the data
             if key == self.key:
                 self.status.value = (f"<span style='color:#a00'>cannot load the data: "
-                                     f"{html.escape(str(err).splitlines()[0] if str(err) else type(err).__name__)}"
+                                     f"{html.escape(first_line(err))}"
                                      "</span>")
             return
         if key != self.key:
@@ -208,9 +206,8 @@ class DataView:
             report = quality_report(experiment, data, given)
         except Exception as err:               # noqa: BLE001 - shown in place of the heatmap
             if key == self.key:
-                first = str(err).splitlines()[0] if str(err) else type(err).__name__
                 self.quality_status.value = (f"<span style='color:#a00'>cannot assess the data quality: "
-                                             f"{html.escape(first)}</span>")
+                                             f"{html.escape(first_line(err))}</span>")
             return
         if key != self.key:
             return

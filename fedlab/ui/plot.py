@@ -40,6 +40,12 @@ def plain(spec):
     return spec
 
 
+def blank(height: int = 40) -> go.Figure:
+    """An empty placeholder figure of ``height`` pixels, without axes."""
+    return go.Figure(layout=dict(height=height, margin=dict(t=5, b=5), template="plotly_white",
+                                 xaxis=dict(visible=False), yaxis=dict(visible=False)))
+
+
 class PlotView:
     """``widget``: the Output to place in a layout; ``figure``: the figure it shows."""
 

@@ -19,6 +19,8 @@ import threading
 import jax
 import numpy as np
 
+from fedlab.ui.runner import first_line
+
 
 def clients_per_round(experiment, num_clients: int) -> int:
     """The clients a round samples, as ``Experiment.build`` resolves it."""
@@ -126,5 +128,4 @@ def _amount(x: float) -> str:
 
 
 def error_text(err: BaseException) -> str:
-    first = (str(err).strip() or type(err).__name__).splitlines()[0]
-    return f"<span style='color:#b00'>{html.escape(first)}</span>"
+    return f"<span style='color:#b00'>{html.escape(first_line(err))}</span>"

@@ -98,6 +98,12 @@ def _end_background_threads():
         thread.join()
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty), as the
+    UI shows a failure in one line."""
+    return (str(err).strip() or type(err).__name__).splitlines()[0]
+
+
 class Latest:
     """One background thread that does the latest job asked for: ``submit(job)`` while a job runs
     queues ``job`` in place of any job queued before (a slider dragged across ten values loads

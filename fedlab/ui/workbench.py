@@ -33,7 +33,7 @@ from fedlab.ui.controls import GIVEN, Controls, dp_available
 from fedlab.ui.data_view import DataView
 from fedlab.ui.presets import NONE, PRESETS
 from fedlab.ui.privacy import Calibrations, calibration_key, error_text, explain, for_build
-from fedlab.ui.runner import DataCache, Latest, Runner
+from fedlab.ui.runner import DataCache, Latest, Runner, first_line
 from fedlab.ui.runs import RunList, can_continue, experiment_of, outcome, progress_text
 
 
@@ -575,7 +575,7 @@ class Workbench:
 
     def _fail(self, err: BaseException, tb: str = ""):
         self.last_error, self.last_traceback = err, tb
-        first = (str(err).strip() or type(err).__name__).splitlines()[0]
+        first = first_line(err)
         kind = "Invalid setting" if isinstance(err, ValueError) else type(err).__name__
         hint = "" if isinstance(err, ValueError) else " <small>(full traceback: <code>wb.last_traceback</code>)</small>"
         self.message.value = (f"<div style='color:#a00;background:#fee;padding:4px 8px;border-radius:4px'>"
