@@ -244,7 +244,7 @@ def test_fixed_sampling_draws_every_subset_equally_often():
 
 def test_auto_chunk_keeps_cpu_chunks_in_cache_and_fills_a_gpu():
     mlp_params = 60 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10        # the benchmark's MLP
-    assert engine.auto_chunk(100, mlp_params, "cpu") == 5                 # 9 fit in 2 MiB; 5 divides 100
+    assert engine.auto_chunk(100, mlp_params, "cpu") == 2                 # 2 fit in 512 KiB
     assert engine.auto_chunk(10, 610, "cpu") == 10                        # logreg: the whole round
     assert engine.auto_chunk(100, mlp_params, "gpu") == 100
     assert engine.auto_chunk(7, 10**9, "gpu") == 1                        # too big for one: one at a time

@@ -10,6 +10,7 @@ mini-batches are gathered by client offset, nothing is copied per round.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -108,10 +109,13 @@ def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, 
             # Every step's rows in one draw before the loop, drawn flat and reshaped: on CPU each
             # random call is a small rolled loop (slow inside the step loop), and a [steps, B]
             # draw doubled the compile time of the whole round (2.4 s against 1.2 s, logreg).
-            all_rows = jax.random.randint(k_batches, (plan.local_steps * B,), 0, n).reshape(plan.local_steps, B)
+            # The rows are gathered in one gather too (one small gather per step cost more).
+            all_rows = jax.random.randint(k_batches, (plan.local_steps * B,), 0, n)
+            rows = batch_at(offset, all_rows, jnp.ones_like(all_rows, jnp.float32))
+            rows = jax.tree.map(lambda a: a.reshape((plan.local_steps, B) + a.shape[1:]), rows)
 
             def batch(t):   # B rows drawn uniformly with replacement from the client's n_k
-                return batch_at(offset, all_rows[t], jnp.ones((B,), jnp.float32))
+                return jax.tree.map(lambda a: a[t], rows)
         else:
             per_epoch = (n + B - 1) // B
             # One permutation per epoch; the client's own rows sort first, padding rows last.
@@ -294,13 +298,41 @@ def update_nbytes(plan: Plan, strategy: Strategy, model: Model, data: DeviceData
 def auto_chunk(clients_per_round: int, num_params: int, backend: str = "cpu") -> int:
     """Clients per vmapped chunk: the largest divisor of clients_per_round (no slot wasted)
     whose weights fit a budget. On CPU, wide vmaps turn a big matrix product into many small
-    ones, which stops paying off once a chunk's weights leave the cache: 2^19 floats (2 MiB),
-    the whole round for logistic regression, 5 clients of the 60-200-200-10 MLP (on a 2-core
-    EPYC 5 was fastest, 10 within 5%, 2, 4 and 20 slower). On a GPU the wide vmap is what fills
-    the device: 2^28 floats (1 GiB), i.e. the whole round of the benchmark (on an H200, MLP L in
-    chunks of 5 took 12.4 ms a round against 2.5 ms in one vmap; benchmarks/bench_engine.py)."""
-    fits = max(1, (1 << (19 if backend == "cpu" else 28)) // max(num_params, 1))
+    ones, which stops paying off once a chunk's weights leave the cache: 2^17 floats (512 KiB),
+    the whole round for logistic regression, 2 clients of the 60-200-200-10 MLP. On the 2-core
+    Xeon (Sapphire Rapids, 2 MiB L2) of the shared benchmark, chunks of 2 beat 5 by 14% (MLP S)
+    and 18% (MLP L), interleaved in one process; 1, 4 and 10 were slower. (On a 2-core EPYC an
+    earlier JAX was fastest at 5: the best width depends on the CPU, this is the measured one.)
+    On a GPU the wide vmap is what fills the device: 2^28 floats (1 GiB), i.e. the whole round
+    of the benchmark (on an H200, MLP L in chunks of 5 took 12.4 ms a round against 2.5 ms in
+    one vmap; benchmarks/bench_engine.py)."""
+    fits = max(1, (1 << (17 if backend == "cpu" else 28)) // max(num_params, 1))
     return max(d for d in range(1, min(clients_per_round, fits) + 1) if clients_per_round % d == 0)
+
+
+#: XLA options for the programs fedlab compiles on CPU. The older loop emitters compile the
+#: round's small elementwise kernels (random bits, the SGD update, masks) in about 35% less time
+#: than the MLIR fusion emitters (MLP L round: 1.0-1.6 s against 1.5-2.3 s), and run them as fast
+#: (steady rounds within 3% in all four benchmark cells, interleaved) with bit-identical results.
+CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
+
+
+@functools.cache
+def compiler_options() -> dict:
+    """CPU_COMPILER_OPTIONS on a CPU backend whose XLA knows them, else {} (GPU, or a JAX that
+    dropped an option: the defaults then, rather than an error at the first round)."""
+    if jax.default_backend() != "cpu":
+        return {}
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=CPU_COMPILER_OPTIONS)(np.float32(0))
+    except Exception:   # noqa: BLE001 - "No such compile option": keep XLA's defaults
+        return {}
+    return dict(CPU_COMPILER_OPTIONS)
+
+
+def jit(fn, **kwargs):
+    """``jax.jit`` with ``compiler_options()``: how fedlab compiles its round and evaluation programs."""
+    return jax.jit(fn, compiler_options=compiler_options(), **kwargs)
 
 
 def make_sampling_round(plan: Plan, strategy: Strategy, model: Model):

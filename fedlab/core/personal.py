@@ -126,7 +126,7 @@ class PersonalEvaluator:
             out = jax.lax.scan(chunk, None, xs)[1]
             return jax.tree.map(lambda t: t.reshape(-1)[:K], out)
 
-        return jax.jit(run)
+        return engine.jit(run)
 
     def per_client(self, server_state, client_states, round: int = 0, *, shared_state: bool = False):
         """One row per client: test rows, personal accuracy and loss, whether its model is finite."""

@@ -138,7 +138,7 @@ class Evaluator:
             init = (jnp.zeros((2 * K + 1, 2 if model.num_classes > 0 else 5)), jnp.zeros((C + 1, 2)))
             return jax.lax.scan(body, init, blocks)[0]
 
-        self._run = jax.jit(run)
+        self._run = engine.jit(run)
 
     def per_client(self, params, names) -> pd.DataFrame:
         """One row per client: its name, train/test examples, mean losses and test accuracy."""
@@ -352,8 +352,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
         dev, server_state, client_states = jax.device_put((dev, server_state, client_states), replicated)
     # client states are not donated: a diverged round must leave the last finite ones intact
-    round_fn = jax.jit(round_fn)
-    server_update = jax.jit(strategy.server_update)
+    round_fn = engine.jit(round_fn)
+    server_update = engine.jit(strategy.server_update)
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
     if eval_clients is not None:
         check_int("eval_clients", eval_clients, 1)
