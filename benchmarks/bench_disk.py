@@ -8,7 +8,7 @@
    fresh process: seconds and peak memory.
 3. Runs ``fedlab.Experiment(dataset="parquet:PATH", partition="column:client", client_data="disk",
    ...)``: FedAvg, 1000 clients a round, logreg, 20 local steps of batch 10, 5 rounds, evaluated on
-   1000 clients; with and without staging the next round while the current one computes.
+   1000 clients.
 
 Setup: ``build()`` (opening the converted arrays) and what ``run`` does before round 1 (staging the
 first round, reading the evaluation sample). Memory: ru_maxrss (peak resident set), and the peaks of RssAnon (the process's own memory) and
@@ -59,8 +59,7 @@ CONVERT = MONITOR + textwrap.dedent("""
 RUN = MONITOR + textwrap.dedent("""
     import json, sys
     t0 = time.perf_counter()
-    import fedlab, fedlab.core.simulate
-    fedlab.core.simulate.PREFETCH = sys.argv[2] == "1"
+    import fedlab
     exp = fedlab.Experiment(dataset=f"parquet:{sys.argv[1]}", dataset_options={"target": "label"},
                             partition="column:client", client_data="disk", model="logreg", clients_per_round=1000,
                             local_steps=20, batch_size=10, rounds=5)
@@ -135,12 +134,11 @@ def main() -> None:
         print(f"conversion: {c['clients']} clients, {c['rows']} rows, {c['seconds']:.0f} s, peak RSS "
               f"{c['peak_rss_gib']:.2f} GiB (RssAnon {c['peak_anon_gib']:.2f}, RssFile {c['peak_file_gib']:.2f})",
               flush=True)
-        print("| prefetch | setup s | first round s | steady round s | peak RSS GiB | RssAnon GiB | RssFile GiB "
-              "| accuracy |")
-        print("|---|---|---|---|---|---|---|---|")
-        for prefetch in ("1", "0", "1"):
-            r = child(RUN, path, prefetch, env=env)
-            print(f"| {'yes' if prefetch == '1' else 'no'} | {r['setup']:.1f} | {r['first']:.2f} | {r['steady']:.3f} | "
+        print("| setup s | first round s | steady round s | peak RSS GiB | RssAnon GiB | RssFile GiB | accuracy |")
+        print("|---|---|---|---|---|---|---|")
+        for _ in range(2):
+            r = child(RUN, path, env=env)
+            print(f"| {r['setup']:.1f} | {r['first']:.2f} | {r['steady']:.3f} | "
                   f"{r['peak_rss_gib']:.2f} | {r['peak_anon_gib']:.2f} | {r['peak_file_gib']:.2f} | "
                   f"{r['accuracy']:.3f} |", flush=True)
     finally:

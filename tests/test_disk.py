@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 
 import fedlab
-from fedlab.cli import main
+from fedlab.cli import build_parser, experiment_from_args, main
 from fedlab.data.disk import DiskDataset, write_disk
 
 from conftest import ROOT
@@ -223,7 +224,9 @@ def test_cli_runs_from_disk(files, tmp_path, monkeypatch, capsys):
     exp = json.loads((tmp_path / "run" / "experiment.json").read_text())
     assert exp["client_data"] == "disk" and exp["dataset"] == "parquet"
     d = DiskDataset(tmp_path / "cache" / "disk" / converted[0])
-    h = fedlab.Experiment(**exp).run(progress=False)
+    e = fedlab.Experiment(**exp)
+    assert experiment_from_args(build_parser().parse_args(shlex.split(e.to_command())[3:])) == e
+    h = e.run(progress=False)
     np.testing.assert_allclose(h["test_accuracy"], history["test_accuracy"], atol=1e-6)
     assert os.stat(d.path / "x.npy").st_mtime_ns == stamp                # converted once
     assert d.num_clients == 30 and h.attrs["evaluated_clients"] == 30

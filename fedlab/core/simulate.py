@@ -19,9 +19,6 @@ from fedlab.core.registry import ALGORITHMS, MODELS
 from fedlab.core.types import Model, Strategy, tree_nbytes
 
 
-PREFETCH = True
-
-
 class StopTraining(Exception):
     """Raise from a callback to end the run after the current round; the History keeps the
     rounds done so far and has ``status == "stopped"``."""
@@ -273,7 +270,10 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     devices: shard each round's sampled clients across a Mesh of this many devices (one SPMD
     program; the History equals the one-device run up to float summation order). eval_clients:
     evaluate on a fixed random sample of this many clients (a generated population, from
-    ``fedlab.data.population``, always evaluates on its own sample). ``History.attrs`` says how
+    ``fedlab.data.population``, always evaluates on its own sample). A dataset on disk
+    (``fedlab.data.disk.DiskDataset``, anything with ``stage``) has each round's sampled clients drawn
+    on the host with the in-program sampler's keys and only their rows staged to the device; it
+    evaluates on the eval_clients sample read from disk (every client when None). ``History.attrs`` says how
     many clients were evaluated ("evaluated_clients") and the memory of the per-client states
     ("client_state_bytes").
     """
@@ -353,8 +353,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
             ids, valid, keys = engine.round_inputs(plan, k_run, r)
             return ids, valid, keys, data.stage(ids[valid])
 
-        next_inputs = {first_round: stage(first_round)}
-        dev = next_inputs[first_round][3]
+        first_inputs = {first_round: stage(first_round)}    # staged in the setup; its shapes size the messages
+        dev = first_inputs[first_round][3]
         round_fn = engine.make_staged_round(plan, strategy, model)
     else:
         dev = data.device_data() if generated else engine.device_data(data)
@@ -397,11 +397,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         """Run round r; returns (RoundOutput, sampled clients, seconds)."""
         t0 = time.perf_counter()
         if staged:
-            ids, valid, keys, staged_data = next_inputs.pop(r, None) or stage(r)
+            ids, valid, keys, staged_data = first_inputs.pop(r, None) or stage(r)
             num_sampled = int(valid.sum())
             out = round_fn(server_state, client_states, staged_data, ids, valid, keys)
-            if PREFETCH and r < rounds:      # the next round's rows are read while this one computes
-                next_inputs[r + 1] = stage(r + 1)
         elif in_program:      # fixed sampling: clients drawn inside the compiled round
             num_sampled = clients_per_round
             out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
