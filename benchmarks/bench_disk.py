@@ -3,7 +3,7 @@
 1. Writes a Parquet file of ``--clients`` clients with FedProx Synthetic(1,1)-like rows (60 float32
    features, an int32 label, an int64 client column), streamed one row group of 1000 clients at a
    time (rows shuffled within the group, so clients interleave), never whole in memory. Client
-   sizes 50 + floor(LogNormal(4, 1.2)): about 160 rows a client, 4 GB at 100k clients.
+   sizes 50 + floor(LogNormal(4, 1.2)): about 160 rows a client, 5.5 GiB uncompressed at 100k clients.
 2. Converts it (``client_data="disk"``: fedlab.data.disk.cached_disk into $FEDLAB_CACHE/disk) in a
    fresh process: seconds and peak memory.
 3. Runs ``fedlab.Experiment(dataset="parquet:PATH", partition="column:client", client_data="disk",
