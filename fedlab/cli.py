@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
             groups[field.metadata["group"]].add_argument(flag_of(field), dest=field.name, type=_field_type(field),
                                                          metavar=_metavar(field), help=_help(field),
                                                          choices=field.metadata["choices"], **extra)
-    groups["data"].add_argument("--target", help="target column of a csv:PATH dataset")
+    groups["data"].add_argument("--target", help="target column of a csv:PATH or parquet:PATH dataset")
     for title, registry in (("model options (each applies to the models that take it)", MODELS),
                             ("algorithm options (each applies to the algorithms that take it)", ALGORITHMS)):
         g = run.add_argument_group(title)
@@ -151,7 +151,7 @@ def _add_quality_parser(sub) -> None:
         if field.name in QUALITY_FIELDS:
             q.add_argument(flag_of(field), dest=field.name, type=_field_type(field), metavar=_metavar(field),
                            help=_help(field))
-    q.add_argument("--target", help="target column of a csv:PATH dataset")
+    q.add_argument("--target", help="target column of a csv:PATH or parquet:PATH dataset")
     q.add_argument("--out", default="fedlab-quality", help="output directory (default fedlab-quality)")
 
 

@@ -318,7 +318,7 @@ def table_csv(tmp_path_factory):
     (dict(dataset="digits", partition="column:a"), "partition: column:COL needs a dataset with named"),
     (dict(dataset="digits", partition="dirichlett:1"), "partition: unknown partition 'dirichlett' (did you mean 'dirichlet'?)"),
     (dict(dataset="digit"), "dataset: unknown dataset 'digit' (did you mean 'digits'?)"),
-    (dict(dataset="digits", target="label"), "target: only csv:PATH datasets take a target"),
+    (dict(dataset="digits", target="label"), "target: only csv:PATH and parquet:PATH datasets take a target"),
     (dict(dataset="digits", test_fraction=1.0), "test_fraction: must be in [0, 1), got 1.0"),
     (dict(dataset="digits", seed=1.5), "seed: must be an integer"),
     (dict(dataset="synthetic:-1,1"), "dataset: synthetic alpha must be >= 0, got -1"),

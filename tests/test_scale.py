@@ -168,7 +168,7 @@ def test_hundred_thousand_clients_setup_is_small_and_state_memory_is_checked():
     with pytest.raises(ValueError, match="client_data: 'generated' needs a synthetic dataset"):
         fedlab.Experiment(dataset="digits", client_data="generated")
     with pytest.raises(ValueError, match="client_data must be one of"):
-        fedlab.Experiment(client_data="disk")
+        fedlab.Experiment(client_data="tape")
     with pytest.raises(ValueError, match="eval_clients must be an integer"):
         fedlab.Experiment(eval_clients=0)
     f = fedlab.Experiment(dataset="synthetic:0.5,0.5", num_clients=8000, client_data="generated", eval_clients=50,

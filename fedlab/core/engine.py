@@ -394,3 +394,27 @@ def finish_on_host(strategy: Strategy, server_update, out: RoundOutput) -> Round
         server_state = server_update(server_state, aggregate)
     metrics = {**out.metrics, **agg_metrics, "params_finite": params_finite(server_state.params)}
     return RoundOutput(server_state, out.client_states, metrics)
+
+
+# ---- data staged on the host each round (fedlab.data.disk) ------------------------------------
+_sample_fixed_jit = jax.jit(sample_fixed, static_argnums=0)
+
+
+def round_inputs(plan: Plan, run_key, r: int):
+    """(ids [slots], valid [slots], keys (work, batches, clients, aggregate)) of round r, drawn on the
+    host with exactly the keys of ``make_sampling_round`` (fixed sampling) or of ``simulate``'s
+    Poisson round, so a source staged per round (``stage_round``) trains on the same clients."""
+    if plan.sampling == "fixed":
+        k_sample, *keys = jax.random.split(jax.random.fold_in(run_key, r), 5)
+        ids = np.pad(np.asarray(_sample_fixed_jit(plan, k_sample)), (0, plan.slots - plan.clients_per_round))
+        return ids, np.arange(plan.slots) < plan.clients_per_round, tuple(keys)
+    k_sample, k_round = jax.random.split(jax.random.fold_in(run_key, r))
+    ids, valid = sample_poisson(plan, k_sample)
+    return ids, valid, tuple(jax.random.split(k_round, 4))
+
+
+def make_staged_round(plan: Plan, strategy: Strategy, model: Model):
+    """The round for data staged on the host (only the sampled clients' rows on the device):
+    (server_state, client_states, data, ids, valid, keys) -> RoundOutput with ``round_inputs``'s
+    ids and keys; the same round body as ``make_round`` and ``make_sampling_round``."""
+    return _round_body(plan, strategy, model)

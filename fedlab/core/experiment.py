@@ -28,6 +28,7 @@ from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS, spec_
 from fedlab.core.registry import parse_spec as registry_parse_spec
 
 REGISTRIES = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}
+TABLE_FILES = ("csv", "parquet")   # as fedlab.data.loaders.TABLE_FILES: files of the user's, with a target
 AUTO_GENERATED_ABOVE = 5000   # issue 15: client_data="auto" generates synthetic populations larger than this
 GROUPS = ("data", "model", "algorithm", "schedule", "adversaries", "communication", "privacy")
 
@@ -134,7 +135,7 @@ def spec_of(kind: str, name: str, options: dict) -> str:
     cannot be written positionally (a gap before them) are left out."""
     values = []
     for p in spec_knobs(REGISTRIES[kind][name]):
-        if p.name not in options or (name == "csv" and p.name == "target"):
+        if p.name not in options or (name in TABLE_FILES and p.name == "target"):
             break
         values.append((options[p.name], p.default))
     while values and values[-1][0] == values[-1][1]:
@@ -221,7 +222,7 @@ class Experiment:
 
     dataset: str = setting("synthetic", "a registered dataset or spec: synthetic:ALPHA,BETA | synthetic_iid | "
                            "digits | lending_club | caravan | txhousing | oj | credit_data[:Job] | flights | "
-                           "deliveries | csv:PATH | npz:PATH", "data")
+                           "deliveries | csv:PATH | parquet:PATH | npz:PATH", "data")
     dataset_options: dict = setting({}, "the dataset's options", "data", "")
     partition: str | None = setting(None, "natural | iid | dirichlet:ALPHA[,MIN] | shards[:N] | quantity[:EXP] | "
                                     "feature_shift[:STD] | column:COL (default: the dataset's natural "
@@ -264,10 +265,13 @@ class Experiment:
                            "N must divide clients-per-round", "schedule")
     client_data: str = setting("auto", "where the clients' rows live: memory (all generated or loaded up front), "
                                "generated (synthetic datasets: a client's rows are generated from its key when it "
-                               "is sampled; for populations larger than memory), auto (generated above "
-                               f"{AUTO_GENERATED_ABOVE} clients of a synthetic dataset, else memory)", "data")
+                               "is sampled; for populations larger than memory), disk (csv:PATH or parquet:PATH "
+                               "with partition column:COL: the file is converted once into memory-mapped arrays "
+                               "in the cache, $FEDLAB_CACHE/disk or ~/.cache/fedlab/disk, and only the sampled "
+                               "clients' rows are read each round; for files larger than memory), auto (generated "
+                               f"above {AUTO_GENERATED_ABOVE} clients of a synthetic dataset, else memory)", "data")
     eval_clients: int | None = setting(None, "evaluate on a fixed random sample of this many clients (default: "
-                                       "all in memory; 1000 for generated data)", "data")
+                                       "all in memory; 1000 for generated and disk data)", "data")
     # -- issue 13: malicious clients, robust aggregation, communication compression --------------
     attack: str | None = setting(None, "what the attackers do: sign_flip | scale[:FACTOR] | gaussian[:STD] | "
                                  "alie[:Z] | free_rider[:STD] | label_flip | backdoor[:TARGET[,FRACTION[,BOOST]]] "
@@ -358,7 +362,7 @@ class Experiment:
         check_number("holdout_clients", self.holdout_clients, 0, 1, high_open=True)
         check_int("adapt_steps", self.adapt_steps, 0)
         check_int("devices", self.devices, 1, 4096)
-        _check_choice("client_data", self.client_data, ("auto", "memory", "generated"))
+        _check_choice("client_data", self.client_data, ("auto", "memory", "generated", "disk"))
         _optional(check_int, "eval_clients", self.eval_clients, 1)
         if self.client_data == "generated":
             from fedlab.data.population import GENERATED_DATASETS
@@ -368,6 +372,16 @@ class Experiment:
                                  f"with its natural clients, got dataset {self.dataset!r}, partition {self.partition!r}")
             if self.local_epochs is not None:
                 raise ValueError("local_epochs: generated client data trains by local_steps; give local_steps")
+        if self.client_data == "disk":
+            if self.dataset not in TABLE_FILES or self.partition != "column":
+                raise ValueError(f"client_data: 'disk' needs a csv:PATH or parquet:PATH dataset partitioned by "
+                                 f"column:COL, got dataset {self.dataset!r}, partition {self.partition!r}")
+            for name, on in (("corrupt", bool(self.corrupt)), ("holdout_clients", self.holdout_clients > 0),
+                             ("client_weighting", self.client_weighting == "quality"),
+                             ("attack", self.attack is not None), ("public", self.public is not None)):
+                if on:
+                    raise ValueError(f"{name}: not available with client_data 'disk' (it needs every client's "
+                                     "rows in memory); use client_data 'memory'")
         if self.clients_per_round is not None and self.resolved_sampling == "fixed" and self.clients_per_round % self.devices:
             raise ValueError(f"devices must divide clients_per_round={self.clients_per_round} (each device runs an "
                              f"equal share of the round's clients), got {self.devices}")
@@ -444,7 +458,7 @@ class Experiment:
 
     @property
     def resolved_client_data(self) -> str:
-        """'memory' or 'generated': as set, or by the rule of 'auto'."""
+        """'memory', 'generated' or 'disk': as set, or by the rule of 'auto'."""
         if self.client_data != "auto":
             return self.client_data
         from fedlab.data.population import GENERATED_DATASETS
@@ -459,7 +473,7 @@ class Experiment:
         from fedlab.data import quality
 
         options = dict(self.dataset_options)
-        target = options.pop("target", None) if self.dataset == "csv" else None
+        target = options.pop("target", None) if self.dataset in TABLE_FILES else None
         return quality.load_tables(spec_of("dataset", self.dataset, options) if options else self.dataset,
                                    self.partition_spec, self.num_clients, self.seed, target, self.test_fraction,
                                    self.corrupt, self.corrupt_clients, exclude)
@@ -477,8 +491,23 @@ class Experiment:
 
     def load_data(self):
         """The federated dataset these settings describe (deterministic given the seed); with
-        generated client data, a ``GeneratedPopulation`` (rows made when a client is sampled)."""
+        generated client data, a ``GeneratedPopulation`` (rows made when a client is sampled); with
+        disk client data, a ``DiskDataset`` (the file converted once into the cache, memory-mapped)."""
         from fedlab.data.loaders import load_federated
+
+        if self.resolved_client_data == "disk":
+            from fedlab.data.disk import cached_disk
+            from fedlab.data.loaders import _check_table_file
+
+            _check_table_file(self.dataset, self.dataset_options.get("path", ""), self.dataset_options.get("target"))
+            data = cached_disk(self.dataset_options.get("path", ""), client_column=self.partition_options["column"],
+                               target=self.dataset_options.get("target"), test_fraction=self.test_fraction)
+            if self.num_clients is not None and self.num_clients != data.num_clients:
+                raise ValueError(f"num_clients: column {self.partition_options['column']!r} has "
+                                 f"{data.num_clients} clients, got {self.num_clients}")
+            for warning in data.check():
+                warnings.warn(warning, stacklevel=2)
+            return data
 
         if self.resolved_client_data == "generated":
             from fedlab.data.population import generated_population
@@ -495,7 +524,7 @@ class Experiment:
             return data
 
         options = dict(self.dataset_options)
-        target = options.pop("target", None) if self.dataset == "csv" else None
+        target = options.pop("target", None) if self.dataset in TABLE_FILES else None
         return load_federated(spec_of("dataset", self.dataset, options) if options else self.dataset,
                               partition=self.partition_spec, num_clients=self.num_clients, seed=self.seed,
                               target=target, test_fraction=self.test_fraction)
@@ -607,7 +636,8 @@ class Experiment:
                     stragglers=float(self.stragglers), seed=self.seed, eval_every=self.eval_every,
                     chunk_size=self.chunk_size, model_options=None, finetune_steps=self.finetune_steps,
                     finetune_lr=self.finetune_lr, new_clients=built.new_clients, adapt_steps=self.adapt_steps,
-                    devices=self.devices, eval_clients=self.eval_clients,
+                    devices=self.devices,
+                    eval_clients=self.eval_clients or (1000 if self.resolved_client_data == "disk" else None),
                     **({"extra_eval": built.extra_eval} if built.extra_eval is not None else {}))
 
     @property

@@ -71,7 +71,7 @@ register_partition = PARTITIONS.register
 
 
 # ---- specs: 'name:a,b' --------------------------------------------------------------------------
-WHOLE_REST = ("csv", "npz", "column")     # names whose one value is everything after ':' (a path, a column)
+WHOLE_REST = ("csv", "parquet", "npz", "column")     # names whose one value is everything after ':' (a path, a column)
 
 
 def spec_knobs(entry: Entry) -> list[inspect.Parameter]:

@@ -270,7 +270,10 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     devices: shard each round's sampled clients across a Mesh of this many devices (one SPMD
     program; the History equals the one-device run up to float summation order). eval_clients:
     evaluate on a fixed random sample of this many clients (a generated population, from
-    ``fedlab.data.population``, always evaluates on its own sample). ``History.attrs`` says how
+    ``fedlab.data.population``, always evaluates on its own sample). A dataset on disk
+    (``fedlab.data.disk.DiskDataset``, anything with ``stage``) has each round's sampled clients drawn
+    on the host with the in-program sampler's keys and only their rows staged to the device; it
+    evaluates on the eval_clients sample read from disk (every client when None). ``History.attrs`` says how
     many clients were evaluated ("evaluated_clients") and the memory of the per-client states
     ("client_state_bytes").
     """
@@ -310,6 +313,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
     generated = hasattr(data, "device_data")        # a population generated on demand (fedlab.data.population)
+    staged = hasattr(data, "stage")                 # rows read from disk each round (fedlab.data.disk)
     if generated and local_epochs is not None:
         raise ValueError(f"local_epochs: a generated population trains by local_steps (its clients have up to "
                          f"{int(data.train_counts.max())} rows); give local_steps")
@@ -343,10 +347,19 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         slots = engine.poisson_slots(clients_per_round, K, chunk * devices)
     plan = engine.Plan(K, clients_per_round, slots, chunk, batch_size, local_steps, local_epochs,
                        int(data.train_counts.max()), sampling, float(stragglers), devices)
-    dev = data.device_data() if generated else engine.device_data(data)
-    in_program = sampling == "fixed"
-    round_fn = (engine.make_sampling_round(plan, strategy, model) if in_program
-                else engine.make_round(plan, strategy, model))
+    in_program = sampling == "fixed" and not staged
+    if staged:      # each round's clients drawn on the host, their rows staged (read, standardized, copied)
+        def stage(r):
+            ids, valid, keys = engine.round_inputs(plan, k_run, r)
+            return ids, valid, keys, data.stage(ids[valid])
+
+        first_inputs = {first_round: stage(first_round)}    # staged in the setup; its shapes size the messages
+        dev = first_inputs[first_round][3]
+        round_fn = engine.make_staged_round(plan, strategy, model)
+    else:
+        dev = data.device_data() if generated else engine.device_data(data)
+        round_fn = (engine.make_sampling_round(plan, strategy, model) if in_program
+                    else engine.make_round(plan, strategy, model))
     if mesh is not None:
         round_fn = engine.shard_round(round_fn, mesh)
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -357,11 +370,17 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     up_bytes, down_bytes = engine.update_nbytes(plan, strategy, model, dev, server_state, client_states)
     if eval_clients is not None:
         check_int("eval_clients", eval_clients, 1)
-    eval_data = data.evaluation_data() if generated else client_sample(data, eval_clients, seed)
+    if generated:
+        eval_data = data.evaluation_data()
+    elif staged:
+        eval_data = data.evaluation_data(eval_clients, seed)
+    else:
+        eval_data = client_sample(data, eval_clients, seed)
     evaluate = Evaluator(model, eval_data)
     # personal models are per client: evaluated when every client of the data is (no sample)
-    personal = None if eval_data is not data else PersonalEvaluator(
-        strategy, model, data, steps=strategy.adapt_steps + finetune_steps, lr=finetune_lr,
+    every_client = eval_data is data or (staged and eval_data.num_clients == K)
+    personal = None if not every_client else PersonalEvaluator(
+        strategy, model, eval_data, steps=strategy.adapt_steps + finetune_steps, lr=finetune_lr,
         batch_size=batch_size, seed=seed)
     curves = ClientCurves(eval_data.names(), "test_accuracy" if model.num_classes > 0 else "test_rmse")
     new = None if new_clients is None else NewClientEvaluator(strategy, model, new_clients, steps=adapt_steps,
@@ -377,7 +396,11 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     def one_round(r, server_state, client_states):
         """Run round r; returns (RoundOutput, sampled clients, seconds)."""
         t0 = time.perf_counter()
-        if in_program:      # fixed sampling: clients drawn inside the compiled round
+        if staged:
+            ids, valid, keys, staged_data = first_inputs.pop(r, None) or stage(r)
+            num_sampled = int(valid.sum())
+            out = round_fn(server_state, client_states, staged_data, ids, valid, keys)
+        elif in_program:      # fixed sampling: clients drawn inside the compiled round
             num_sampled = clients_per_round
             out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
         else:
@@ -519,14 +542,21 @@ def memory_limit() -> int:
 def client_sample(data, eval_clients: int | None, seed: int):
     """``data`` itself, or a FederatedDataset of a fixed random sample of ``eval_clients`` of its
     clients (for evaluation at scale)."""
-    K = data.num_clients
-    if eval_clients is None or eval_clients >= K:
+    if eval_clients is None or eval_clients >= data.num_clients:
         return data
-    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 7), (K,)))
-    ids = np.sort(np.argsort(u, kind="stable")[:eval_clients])
+    ids = sample_client_ids(data.num_clients, eval_clients, seed)
     return type(data).from_clients(f"{data.name}, evaluated on {len(ids)} sampled clients",
                                    [data.client(k, "train") for k in ids], [data.client(k, "test") for k in ids],
                                    data.num_classes)
+
+
+def sample_client_ids(num_clients: int, eval_clients: int | None, seed: int) -> np.ndarray:
+    """[min(eval_clients, num_clients)] increasing client ids, a random sample drawn from ``seed``
+    (every client when eval_clients is None)."""
+    if eval_clients is None or eval_clients >= num_clients:
+        return np.arange(num_clients)
+    u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 7), (num_clients,)))
+    return np.sort(np.argsort(u, kind="stable")[:eval_clients])
 
 
 def _non_finite(loss: float, params_finite: bool) -> str | None:

@@ -1,7 +1,7 @@
 """Registered datasets and the one entry point the CLI and the workbench call.
 
 Dataset specs: ``synthetic:ALPHA,BETA``, ``synthetic_iid``, ``digits``, ``lending_club``,
-``caravan``, ``csv:PATH`` (with a target), ``npz:PATH`` (already federated). A dataset
+``caravan``, ``csv:PATH`` and ``parquet:PATH`` (with a target), ``npz:PATH`` (already federated). A dataset
 factory takes ``(key, num_clients, **knobs)`` and returns a :class:`CentralDataset` (or, for
 npz, a :class:`FederatedDataset`); :func:`load_federated` partitions it.
 
@@ -26,6 +26,7 @@ from fedlab.data.federated import FederatedDataset
 from fedlab.data.partition import CentralDataset, federate
 from fedlab.data.synthetic import generate_synthetic
 
+TABLE_FILES = ("csv", "parquet")   # datasets read from a file of the user's, with a target column
 DEFAULT_CLIENTS = 10          # clients for a non-natural partition when none are asked for
 MAX_CLASSES_AUTO = 50         # an integer target with at most this many values is a class label
 
@@ -257,13 +258,26 @@ def caravan(key, num_clients: int | None, *, balance: bool = True) -> CentralDat
 def csv(key, num_clients: int | None, *, path: str = "",
         target: str | None = None) -> CentralDataset:
     """A CSV file of your own: csv:PATH with a target column (partition it with column:COL)."""
+    _check_table_file("csv", path, target)
+    return from_csv(path, target)
+
+
+@register_dataset("parquet")
+def parquet(key, num_clients: int | None, *, path: str = "",
+            target: str | None = None) -> CentralDataset:
+    """A Parquet file of your own: parquet:PATH with a target column (partition it with column:COL; with
+    client_data 'disk' a file larger than memory is streamed to memory-mapped arrays, fedlab.data.disk)."""
+    _check_table_file("parquet", path, target)
+    return from_dataframe(pd.read_parquet(path), target, name=os.path.splitext(os.path.basename(path))[0])
+
+
+def _check_table_file(kind: str, path: str, target: str | None) -> None:
     if not path:
-        raise ValueError("dataset: csv needs a path, as in csv:PATH")
+        raise ValueError(f"dataset: {kind} needs a path, as in {kind}:PATH")
     if not os.path.isfile(path):
         raise ValueError(f"dataset: file {path!r} not found")
     if target is None:
-        raise ValueError(f"target: csv:{path} needs a target column (--target COL)")
-    return from_csv(path, target)
+        raise ValueError(f"target: {kind}:{path} needs a target column (--target COL)")
 
 
 @register_dataset("npz")
@@ -317,10 +331,10 @@ def load_central(dataset: str, partition: str | None = None, num_clients: int | 
     if partition is not None:
         parse_spec(partition, PARTITIONS, "partition")
     entry, knobs = parse_spec(dataset, DATASETS, "dataset")
-    if entry.name == "csv":
+    if entry.name in TABLE_FILES:
         knobs["target"] = target
     elif target is not None:
-        raise ValueError(f"target: only csv:PATH datasets take a target; {entry.name!r} has a "
+        raise ValueError(f"target: only csv:PATH and parquet:PATH datasets take a target; {entry.name!r} has a "
                          "fixed one")
     natural = partition in (None, "natural")
     if entry.name == "npz" and not natural:

@@ -122,8 +122,9 @@ class GeneratedPopulation:
 
     def evaluation_ids(self) -> np.ndarray:
         """[eval_clients] the clients evaluated every time (increasing ids, drawn from the seed)."""
-        u = np.asarray(jax.random.uniform(jax.random.fold_in(jax.random.key(self.seed), 7), (self.num_clients,)))
-        return np.sort(np.argsort(u, kind="stable")[:self.eval_clients])
+        from fedlab.core.simulate import sample_client_ids
+
+        return sample_client_ids(self.num_clients, self.eval_clients, self.seed)
 
     def evaluation_data(self) -> FederatedDataset:
         """The evaluation sample as a FederatedDataset (its rows are the clients' own rows)."""

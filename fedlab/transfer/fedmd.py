@@ -233,7 +233,7 @@ def build(experiment, data=None) -> Built:
     if experiment.public.startswith("holdout:"):
         data, public = split_holdout(data, float(experiment.public.split(":")[1]), jax.random.fold_in(root, 5))
     else:
-        if experiment.public.split(":")[0] == experiment.dataset and experiment.dataset not in ("csv", "npz"):
+        if experiment.public.split(":")[0] == experiment.dataset and experiment.dataset not in ("csv", "parquet", "npz"):
             raise ValueError(f"public: {experiment.public!r} is the private dataset itself (its rows would be both "
                              f"public and private); use holdout:FRAC for a held-out slice of it")
         public = load_public(experiment.public, experiment.seed)

@@ -25,7 +25,7 @@ from fedlab.core.experiment import Experiment, Privacy, parse_spec, settable_kno
 from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS
 
 REGISTRIES = {"dataset": DATASETS, "partition": PARTITIONS, "algorithm": ALGORITHMS, "model": MODELS}
-HIDDEN_DATASETS = ("csv", "npz")        # need a path: pass ``data=`` to the Workbench instead
+HIDDEN_DATASETS = ("csv", "parquet", "npz")        # need a path: pass ``data=`` to the Workbench instead
 GIVEN = "(given)"                       # the dataset given to the Workbench
 DEFAULT = "default"                     # a setting left to the Experiment's default (None)
 DP_MODES = ("off", "target epsilon", "noise multiplier")
