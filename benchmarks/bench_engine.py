@@ -6,7 +6,8 @@ sample-count-weighted mean; S = 100 clients / 10 per round, L = 1000 clients / 1
 multinomial logistic regression and an MLP 60-200-200-10. In one process, interleaved round by
 round (the machine's speed drifts), it times fedlab.simulate and three hand-written references
 (one jitted round with a vmap over all clients; lax.map over vmapped chunks of 5; the
-centralized floor, the same sample-gradients on one model), and prints steady seconds per round
+centralized floor, the same sample-gradients on one model) and fedlab's round on one device
+(fedlab itself uses every device, devices="auto": on CPU one per core), and prints steady seconds per round
 (median of rounds 2..R, then median over repetitions), the first round (compile included: cold
 in the first repetition, from a persistent compilation cache in the others), and the peers' rows
 read from RESULTS.md when ../shared/bench is there (else those rows are left out). The data
@@ -124,6 +125,30 @@ def reference_round(npz: dict, model: str, per_round: int, mode: str, chunk: int
     return jax.jit({"vmap": round_vmap, "chunk": round_chunk, "central": round_central}[mode])
 
 
+class OneDevice:
+    """fedlab's own round program on one device (what devices=1 runs), stepped like a Reference,
+    next to the simulate run that uses every device (devices="auto": on CPU one per core)."""
+
+    def __init__(self, data, npz, model: str, per_round: int):
+        from fedlab.core import engine
+        from fedlab.core.simulate import initial_state, resolve_model, resolve_strategy
+
+        strategy = resolve_strategy("fedavg", {"client_lr": LR})
+        model_ = resolve_model(model, data, None)
+        _, self.server, self.clients = initial_state(strategy, model_, data.num_clients, 0, initial_params(npz, model))
+        num_params = sum(np.size(p) for p in jax.tree.leaves(self.server.params))
+        plan = engine.Plan(data.num_clients, per_round, per_round, engine.auto_chunk(per_round, num_params),
+                           BATCH, LOCAL_STEPS, None, int(data.train_counts.max()), "fixed", 0.0)
+        self.fn = engine.jit(engine.make_sampling_round(plan, strategy, model_))
+        self.dev, self.key, self.times = engine.device_data(data), jax.random.key(0), []
+
+    def round(self, r: int) -> None:
+        t0 = time.perf_counter()
+        out = self.fn(self.server, self.clients, self.dev, self.key, np.int32(r + 1))
+        self.server, self.clients = jax.block_until_ready((out.server_state, out.client_states))
+        self.times.append(time.perf_counter() - t0)
+
+
 class Reference:
     """A hand-written implementation stepped one round at a time, on the shared schedule (as in
     fl_common.schedule); ``times`` holds its seconds per round."""
@@ -182,7 +207,7 @@ def main():
                     "temporary one, so repetition 0 compiles cold and later ones load from the cache)")
     a = ap.parse_args()
     fedlab.enable_compilation_cache(a.cache or tempfile.mkdtemp(prefix="fedlab-bench-cache-"))
-    impls = ("fedlab", "ref vmap", "ref chunk 5", "ref central")
+    impls = ("fedlab", "ref vmap", "ref chunk 5", "ref central", "fedlab, 1 device")
     steady = {(i, c): [] for i in impls for c in a.cells}
     first = {(i, c): [] for i in impls for c in a.cells}
     for rep in range(a.reps):
@@ -193,18 +218,20 @@ def main():
             path = data_file(scale)
             npz = dict(np.load(path))
             data = fedlab.FederatedDataset.from_npz(path)
-            refs = {impl: Reference(npz, model, s["per_round"], impl.split()[1]) for impl in impls[1:]}
+            refs = {impl: Reference(npz, model, s["per_round"], impl.split()[1]) for impl in impls[1:4]}
+            refs["fedlab, 1 device"] = OneDevice(data, npz, model, s["per_round"])
             fedlab_times, acc = run_fedlab(data, npz, model, s["per_round"], rounds, [interleave(refs.values())])
             for impl in impls:
                 times = fedlab_times if impl == "fedlab" else refs[impl].times
                 steady[impl, cell].append(float(np.median(times[1:])))
                 first[impl, cell].append(times[0])
-                print(f"rep {rep} {cell:9s} {impl:12s} steady {steady[impl, cell][-1]:.4f} s  "
+                print(f"rep {rep} {cell:9s} {impl:16s} steady {steady[impl, cell][-1]:.4f} s  "
                       f"first {times[0]:.2f} s" + (f"  acc {acc:.3f}" if impl == "fedlab" else ""), flush=True)
 
     med = lambda d, i, c: float(np.median(d[i, c]))
     print(f"\nSteady seconds per round (median of rounds 2..R, median over {a.reps} reps, interleaved round "
-          f"by round; this machine, this process)\n")
+          f"by round; this machine, this process; fedlab on {jax.device_count()} {jax.default_backend()} "
+          f"device(s))\n")
     print("| implementation | " + " | ".join(a.cells) + " |")
     print("|---|" + "---|" * len(a.cells))
     for impl in impls:
@@ -216,6 +243,8 @@ def main():
         print(f"| {name} (RESULTS.md) | " + " | ".join(f"{vals[COLUMNS.index(c)]:.3g}" for c in a.cells) + " |")
     print("| fedlab / best reference | " + " | ".join(
         f"{med(steady, 'fedlab', c) / min(med(steady, i, c) for i in impls[1:3]):.2f}" for c in a.cells) + " |")
+    print("| fedlab / centralized floor | " + " | ".join(
+        f"{med(steady, 'fedlab', c) / med(steady, 'ref central', c):.2f}" for c in a.cells) + " |")
     print("\nFirst round, seconds: cold compile (repetition 0) / from the persistent cache (median of "
           "the other repetitions)\n")
     print("| implementation | " + " | ".join(a.cells) + " |")

@@ -9,6 +9,10 @@
                                    algorithm_options={"mu": 1.0}, rounds=50, local_epochs=20)
     history = experiment.run(out="runs/fedprox")      # resume: fedlab.resume("runs/fedprox", rounds=100)
 """
+from fedlab.core.engine import use_cpu_cores
+
+use_cpu_cores()     # one CPU device per core, before anything starts JAX (FEDLAB_CPU_DEVICES=1: JAX's one device)
+
 from fedlab import algorithms, collaboration, data, models, report, transfer  # noqa: F401  (registers the built-ins)
 from fedlab.core.cache import enable_compilation_cache
 from fedlab.core.registry import (ALGORITHMS, DATASETS, MODELS, PARTITIONS, register_algorithm,

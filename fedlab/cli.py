@@ -66,7 +66,7 @@ def _bool_text(text: str) -> bool:
 def _field_type(field: dataclasses.Field):
     if isinstance(field.default, bool):
         return _bool_text
-    if field.name == "chunk_size":
+    if field.name in ("chunk_size", "devices"):
         return lambda v: v if v == "auto" else int(v)
     default = field.default
     if field.name in ("num_clients", "clients_per_round", "local_steps", "local_epochs", "eval_clients") or \

@@ -83,6 +83,49 @@ def test_devices_setting_checks_and_round_trips():
         fedlab.Experiment(num_clients=40, clients_per_round=n, devices=n).build()
 
 
+_CORES_SCRIPT = textwrap.dedent("""
+    import json, os, sys
+    if sys.argv[1] == "jax-first":          # JAX already started: fedlab leaves its one device alone
+        import jax; jax.numpy.zeros(1)
+    import jax, fedlab
+    from fedlab.core import engine
+    out = {"devices": jax.device_count()}
+    if out["devices"] == 4:
+        out["auto"] = [engine.auto_devices(6, True, 0), engine.auto_devices(6, False, 0),
+                       engine.auto_devices(6, True, 0, chunk=3), engine.auto_devices(8, True, 2 ** 28),
+                       engine.auto_devices(8, True, 2 ** 30)]
+        from fedlab.data.loaders import load_federated
+        data = load_federated("synthetic:1,1", num_clients=12, seed=0)
+        runs = [fedlab.simulate("fedavg", "logreg", data, rounds=2, clients_per_round=6, local_steps=3,
+                                progress=False, **kw) for kw in ({}, {"devices": 1})]
+        out["settings"] = [h.settings["devices"] for h in runs]
+        out["loss"] = [h["train_loss"].tolist() for h in runs]
+    print(json.dumps(out))
+""")
+
+
+def test_one_cpu_device_per_core_and_auto_devices():
+    """Importing fedlab asks JAX for one CPU device per core unless the user chose (FEDLAB_CPU_DEVICES,
+    XLA_FLAGS) or JAX already started; devices="auto" takes the most devices that split the round
+    evenly (and keep the replicated data's extra copies under 1 GiB), and equals one device."""
+    def devices(arg="", **env):
+        done = subprocess.run([sys.executable, "-c", _CORES_SCRIPT, arg], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT), "XLA_FLAGS": "",
+                                                "FEDLAB_CPU_DEVICES": "", **env})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert devices()["devices"] == len(os.sched_getaffinity(0))
+    assert devices("jax-first", FEDLAB_CPU_DEVICES="3")["devices"] == 1
+    assert devices(XLA_FLAGS="--xla_force_host_platform_device_count=2", FEDLAB_CPU_DEVICES="3")["devices"] == 2
+    out = devices(FEDLAB_CPU_DEVICES="4")
+    # 6 clients: 3 devices (fixed), 4 (Poisson pads), 2 (chunks of 3); 256 MiB of data: 3 copies more
+    # fit in 1 GiB, 1 GiB does not
+    assert out["auto"] == [3, 4, 2, 4, 1]
+    assert out["settings"] == [3, 1]
+    np.testing.assert_allclose(out["loss"][0], out["loss"][1], rtol=1e-5)
+
+
 # ---- populations generated on demand ------------------------------------------------------------
 def _materialized(pop):
     """Every client of a generated population, in memory (its evaluation sample of all clients)."""

@@ -274,6 +274,45 @@ def client_mesh(devices: int) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(available[:devices]), (CLIENTS_AXIS,))
 
 
+def auto_devices(clients_per_round: int, fixed: bool, replicated_bytes: int, chunk: int | None = None) -> int:
+    """devices="auto": the most devices of the default backend (on CPU, one per core: see
+    ``use_cpu_cores``) that split a round evenly: a divisor of clients_per_round with fixed
+    sampling (Poisson slots are padded to a multiple), into shares of at least ``chunk`` clients (a
+    chunk size the user gave). The training arrays are replicated on
+    every device, and CPU devices share the host's memory, so on CPU the extra copies must stay
+    under 1 GiB (else one device). On the 2-core benchmark machine 2 CPU devices run MLP rounds
+    2x faster (S 0.028 -> 0.014 s, L 0.195 -> 0.096 s) and logistic regression L 1.4x: each small
+    per-client kernel runs on one core, and a sharded round runs two of them at a time."""
+    count = jax.device_count()
+    if jax.default_backend() == "cpu" and replicated_bytes * (count - 1) > 1 << 30:
+        return 1
+    return max(d for d in range(1, count + 1)
+               if (not fixed or clients_per_round % d == 0) and clients_per_round // d >= (chunk or 1))
+
+
+def use_cpu_cores() -> int | None:
+    """Ask JAX for one CPU device per core (called when fedlab is imported, before JAX starts), so
+    that devices="auto" spreads a round over every core; returns the count asked for, or None
+    when JAX is left as it is: the user chose a count (JAX_NUM_CPU_DEVICES, jax_num_cpu_devices,
+    XLA_FLAGS=--xla_force_host_platform_device_count) or set FEDLAB_CPU_DEVICES (an integer; 1 keeps
+    JAX's single CPU device), or JAX has already started (its device count is fixed then)."""
+    import os
+
+    chosen = os.environ.get("FEDLAB_CPU_DEVICES")
+    if jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
+            "XLA_FLAGS", ""):
+        return None
+    count = int(chosen) if chosen else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+        else os.cpu_count() or 1
+    if count < 1:
+        raise ValueError(f"FEDLAB_CPU_DEVICES must be an integer >= 1, got {chosen!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:        # JAX has already run something: its devices are fixed
+        return None
+    return count
+
+
 def shard_round(round_fn, mesh: jax.sharding.Mesh):
     """``round_fn`` (built with plan.devices == mesh.size) as one SPMD program over ``mesh``: every
     input and output is replicated; inside, each device runs the chunk scan over its share of the

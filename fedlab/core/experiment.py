@@ -261,8 +261,9 @@ class Experiment:
     adapt_steps: int = setting(5, "steps a held-out client adapts the model on its own training rows",
                                "algorithm")
     # -- issue 15: scale (many devices, large populations) --
-    devices: int = setting(1, "shard each round's clients across N devices (a jax Mesh; one SPMD program); "
-                           "N must divide clients-per-round", "schedule")
+    devices: int | str = setting("auto", "shard each round's clients across N devices (a jax Mesh; one SPMD "
+                                 "program); N must divide clients-per-round; auto: every device that does (on CPU, "
+                                 "one per core)", "schedule")
     client_data: str = setting("auto", "where the clients' rows live: memory (all generated or loaded up front), "
                                "generated (synthetic datasets: a client's rows are generated from its key when it "
                                "is sampled; for populations larger than memory), disk (csv:PATH or parquet:PATH "
@@ -361,7 +362,8 @@ class Experiment:
         check_int("finetune_steps", self.finetune_steps, 0)
         check_number("holdout_clients", self.holdout_clients, 0, 1, high_open=True)
         check_int("adapt_steps", self.adapt_steps, 0)
-        check_int("devices", self.devices, 1, 4096)
+        if self.devices != "auto":
+            check_int("devices", self.devices, 1, 4096)
         _check_choice("client_data", self.client_data, ("auto", "memory", "generated", "disk"))
         _optional(check_int, "eval_clients", self.eval_clients, 1)
         if self.client_data == "generated":
@@ -382,7 +384,8 @@ class Experiment:
                 if on:
                     raise ValueError(f"{name}: not available with client_data 'disk' (it needs every client's "
                                      "rows in memory); use client_data 'memory'")
-        if self.clients_per_round is not None and self.resolved_sampling == "fixed" and self.clients_per_round % self.devices:
+        if self.clients_per_round is not None and self.resolved_sampling == "fixed" and self.devices != "auto" \
+                and self.clients_per_round % self.devices:
             raise ValueError(f"devices must divide clients_per_round={self.clients_per_round} (each device runs an "
                              f"equal share of the round's clients), got {self.devices}")
         from fedlab.data import quality
@@ -573,7 +576,7 @@ class Experiment:
             check_int("chunk_size", self.chunk_size, 1, clients_per_round)
         if report is None and self.client_weighting == "quality":      # the caller's own data
             report = self.quality_report(data)
-        if self.devices > 1:
+        if self.devices != "auto" and self.devices > 1:
             from fedlab.core.engine import client_mesh
 
             client_mesh(self.devices)                  # enough devices?

@@ -232,7 +232,7 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
              progress: bool = True, init_params=None, model_options: dict | None = None,
              start: RunState | None = None, checkpoint: Callable[[RunState], Any] | None = None,
              checkpoint_every: int | None = None, finetune_steps: int = 0, finetune_lr: float | None = None,
-             new_clients=None, adapt_steps: int = 0, devices: int = 1, eval_clients: int | None = None,
+             new_clients=None, adapt_steps: int = 0, devices: int | str = "auto", eval_clients: int | None = None,
              extra_eval: Callable[[Any], dict] | None = None,
              **strategy_options) -> History:
     """Train ``strategy`` on the federated ``data`` up to round ``rounds``; return the History.
@@ -268,7 +268,9 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     KeyboardInterrupt is raised again).
 
     devices: shard each round's sampled clients across a Mesh of this many devices (one SPMD
-    program; the History equals the one-device run up to float summation order). eval_clients:
+    program; the History equals the one-device run up to float summation order); "auto" (the
+    default): every device that splits the round evenly (``engine.auto_devices``; on CPU fedlab
+    makes one device per core when it is imported, ``engine.use_cpu_cores``). eval_clients:
     evaluate on a fixed random sample of this many clients (a generated population, from
     ``fedlab.data.population``, always evaluates on its own sample). A dataset on disk
     (``fedlab.data.disk.DiskDataset``, anything with ``stage``) has each round's sampled clients drawn
@@ -302,6 +304,11 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         check_int("checkpoint_every", checkpoint_every, 1)
     check_int("finetune_steps", finetune_steps, 0)
     check_int("adapt_steps", adapt_steps, 0)
+    if devices == "auto":       # every device that splits the round evenly (engine.auto_devices)
+        in_memory = not (hasattr(data, "device_data") or hasattr(data, "stage"))
+        devices = engine.auto_devices(clients_per_round, sampling == "fixed",
+                                      data.x_train.nbytes + data.y_train.nbytes if in_memory else 0,
+                                      None if chunk_size == "auto" else chunk_size)
     check_int("devices", devices, 1)
     if sampling == "fixed" and clients_per_round % devices:
         raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs an "

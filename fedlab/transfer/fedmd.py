@@ -64,7 +64,7 @@ _NOT_FOR_FEDMD = {
     "defense": lambda e: e.defense is not None, "compress": lambda e: e.compress is not None,
     "compress_down": lambda e: e.compress_down is not None, "holdout_clients": lambda e: e.holdout_clients > 0,
     "finetune_steps": lambda e: e.finetune_steps > 0, "stragglers": lambda e: e.stragglers > 0,
-    "sampling": lambda e: e.sampling is not None, "devices": lambda e: e.devices > 1,
+    "sampling": lambda e: e.sampling is not None, "devices": lambda e: e.devices not in (1, "auto"),
     "client_weighting": lambda e: e.client_weighting != "size", "corrupt": lambda e: bool(e.corrupt),
     "client_data": lambda e: e.resolved_client_data == "generated", "eval_clients": lambda e: e.eval_clients is not None,
 }

@@ -39,7 +39,7 @@ STYLE = {"description_width": "initial"}
 FIELD_UNITS = {"num_clients": "clients; 0: the default", "test_fraction": "a share, 0 to 1", "rounds": "rounds",
                "clients_per_round": "clients; 0: the default", "batch_size": "examples per mini-batch",
                "stragglers": "a share of each round's clients, 0 to 0.95", "eval_every": "rounds",
-               "seed": "an integer", "chunk_size": "clients, or auto", "clip": "L2 norm of the update",
+               "seed": "an integer", "chunk_size": "clients, or auto", "devices": "a number, or auto", "clip": "L2 norm of the update",
                "target_epsilon": "ε; smaller = more private", "noise_multiplier": "noise std / clip norm",
                "delta": "a probability, well below 1/clients", "dataset": "", "partition": "", "model": "",
                "algorithm": "", "sampling": "", "accountant": "", "adaptive_clipping": ""}
@@ -182,8 +182,8 @@ def _special(field: dataclasses.Field, tooltip: str) -> Control | None:
     if name == "stragglers":
         return Control(name, W.FloatSlider(value=field.default, min=0.0, max=0.95, step=0.05, description=name,
                                            style=STYLE, tooltip=tooltip))
-    if name == "chunk_size":
-        return Control(name, W.Text(value=str(field.default), description="chunk size", style=STYLE,
+    if name in ("chunk_size", "devices"):       # a number or "auto"
+        return Control(name, W.Text(value=str(field.default), description=name.replace("_", " "), style=STYLE,
                                     tooltip=tooltip, layout=_width(200)), _chunk, str)
     return None
 
