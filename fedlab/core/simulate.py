@@ -304,18 +304,15 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         check_int("checkpoint_every", checkpoint_every, 1)
     check_int("finetune_steps", finetune_steps, 0)
     check_int("adapt_steps", adapt_steps, 0)
-    if devices == "auto":       # every device that splits the round evenly (engine.auto_devices)
-        in_memory = not (hasattr(data, "device_data") or hasattr(data, "stage"))
-        devices = engine.auto_devices(clients_per_round, sampling == "fixed",
-                                      data.x_train.nbytes + data.y_train.nbytes if in_memory else 0,
-                                      None if chunk_size == "auto" else chunk_size)
-    check_int("devices", devices, 1)
-    if sampling == "fixed" and clients_per_round % devices:
-        raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs an "
-                         f"equal share of the round's clients), got {devices}")
-    if chunk_size != "auto" and chunk_size > clients_per_round // devices:
-        check_int("chunk_size", chunk_size, 1, max(clients_per_round // devices, 1))
-    mesh = engine.client_mesh(devices) if devices > 1 else None
+    mesh = None
+    if devices != "auto":
+        check_int("devices", devices, 1)
+        if sampling == "fixed" and clients_per_round % devices:
+            raise ValueError(f"devices must divide clients_per_round={clients_per_round} (each device runs an "
+                             f"equal share of the round's clients), got {devices}")
+        if chunk_size != "auto" and chunk_size > clients_per_round // devices:
+            check_int("chunk_size", chunk_size, 1, max(clients_per_round // devices, 1))
+        mesh = engine.client_mesh(devices) if devices > 1 else None
     if start is not None and not 0 <= start.round < rounds:
         raise ValueError(f"rounds must be more than the {start.round} rounds already done, got {rounds}")
     data.validate()
@@ -336,6 +333,11 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
 
     k_run = jax.random.split(jax.random.key(seed))[1]
     state_bytes = check_client_state_memory(strategy, model, K, seed, init_params)
+    if devices == "auto":       # every device that splits the round evenly; data and states are replicated
+        in_memory = not (generated or staged)
+        devices = engine.auto_devices(clients_per_round, sampling == "fixed", state_bytes + (
+            data.x_train.nbytes + data.y_train.nbytes if in_memory else 0), None if chunk_size == "auto" else chunk_size)
+        mesh = engine.client_mesh(devices) if devices > 1 else None
     _, server_state, client_states = initial_state(strategy, model, K, seed, init_params)
     params = server_state.params
     first_round = 1
