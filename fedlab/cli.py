@@ -293,8 +293,9 @@ def run(args) -> int:
         return EXIT[history.status]
     last = history.iloc[-1]
     score = (f"test RMSE {last['test_rmse']:.4g}, MAE {last['test_mae']:.4g}, R2 {last['test_r2']:.4f}"
-             if "test_rmse" in history else f"test accuracy {last.get('test_accuracy', float('nan')):.4f}, personal accuracy (mean over "
-                      f"clients) {last.get('personal_acc_mean', float('nan')):.4f}")
+             if "test_rmse" in history else f"test accuracy {last.get('test_accuracy', float('nan')):.4f}")
+    if "personal_acc_mean" in history:      # every client evaluated (not a sample of a large population)
+        score += f", personal accuracy (mean over clients) {last['personal_acc_mean']:.4f}"
     print(f"{experiment.algorithm} on {experiment.dataset_spec}: {len(history)} rounds, {score}, "
           f"train loss {last['train_loss']:.4f}, "
           f"{history['seconds'].sum():.2f} s training"

@@ -284,9 +284,9 @@ def auto_devices(clients_per_round: int, fixed: bool, replicated_bytes: int, chu
     sampling (Poisson slots are padded to a multiple), into shares of at least ``chunk`` clients (a
     chunk size the user gave). The training arrays and the client states are replicated on every
     device (``replicated_bytes``), and CPU devices share the host's memory, so on CPU the extra
-    copies must stay under 1 GiB (else one device). On the 2-core benchmark machine 2 CPU devices run MLP rounds
-    2x faster (S 0.028 -> 0.014 s, L 0.195 -> 0.096 s) and logistic regression L 1.4x: each small
-    per-client kernel runs on one core, and a sharded round runs two of them at a time."""
+    copies must stay under 1 GiB (else one device). On the 2-core benchmark machine 2 CPU devices run the MLP S and L
+    rounds 1.8x and 2.0x faster and logistic regression L 1.7x (benchmarks/bench_engine.py): each
+    small per-client kernel runs on one core, and a sharded round runs two of them at a time."""
     count = jax.device_count()
     if jax.default_backend() == "cpu" and replicated_bytes * (count - 1) > 1 << 30:
         return 1
