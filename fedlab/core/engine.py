@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, NamedTuple
 
 import jax
@@ -284,9 +285,10 @@ def auto_devices(clients_per_round: int, fixed: bool, replicated_bytes: int, chu
     sampling (Poisson slots are padded to a multiple), into shares of at least ``chunk`` clients (a
     chunk size the user gave). The training arrays and the client states are replicated on every
     device (``replicated_bytes``), and CPU devices share the host's memory, so on CPU the extra
-    copies must stay under 1 GiB (else one device). On the 2-core benchmark machine 2 CPU devices run the MLP S and L
-    rounds 1.8x and 2.0x faster and logistic regression L 1.7x (benchmarks/bench_engine.py): each
-    small per-client kernel runs on one core, and a sharded round runs two of them at a time."""
+    copies must stay under 1 GiB (else one device). On the 2-core benchmark machine 2 CPU devices
+    run the MLP S and L rounds 1.8x and 2.0x faster and logistic regression L 1.7x
+    (benchmarks/bench_engine.py): each small per-client kernel runs on one core, and a sharded
+    round runs two of them at a time."""
     count = jax.device_count()
     if jax.default_backend() == "cpu" and replicated_bytes * (count - 1) > 1 << 30:
         return 1
@@ -300,16 +302,16 @@ def use_cpu_cores() -> int | None:
     when JAX is left as it is: the user chose a count (JAX_NUM_CPU_DEVICES, jax_num_cpu_devices,
     XLA_FLAGS=--xla_force_host_platform_device_count) or set FEDLAB_CPU_DEVICES (an integer; 1 keeps
     JAX's single CPU device), or JAX has already started (its device count is fixed then)."""
-    import os
-
     chosen = os.environ.get("FEDLAB_CPU_DEVICES")
     if jax.config.jax_num_cpu_devices != -1 or "xla_force_host_platform_device_count" in os.environ.get(
             "XLA_FLAGS", ""):
         return None
-    count = int(chosen) if chosen else len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else os.cpu_count() or 1
-    if count < 1:
-        raise ValueError(f"FEDLAB_CPU_DEVICES must be an integer >= 1, got {chosen!r}")
+    if chosen:
+        if not chosen.isdigit() or int(chosen) < 1:
+            raise ValueError(f"FEDLAB_CPU_DEVICES must be an integer >= 1, got {chosen!r}")
+        count = int(chosen)
+    else:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         jax.config.update("jax_num_cpu_devices", count)
     except RuntimeError:        # JAX has already run something: its devices are fixed

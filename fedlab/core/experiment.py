@@ -26,9 +26,9 @@ import pandas as pd
 from fedlab.core.checks import check_int, check_number
 from fedlab.core.registry import ALGORITHMS, DATASETS, MODELS, PARTITIONS, spec_knobs
 from fedlab.core.registry import parse_spec as registry_parse_spec
+from fedlab.data.loaders import TABLE_FILES
 
 REGISTRIES = {"dataset": DATASETS, "partition": PARTITIONS, "model": MODELS, "algorithm": ALGORITHMS}
-TABLE_FILES = ("csv", "parquet")   # as fedlab.data.loaders.TABLE_FILES: files of the user's, with a target
 AUTO_GENERATED_ABOVE = 5000   # issue 15: client_data="auto" generates synthetic populations larger than this
 GROUPS = ("data", "model", "algorithm", "schedule", "adversaries", "communication", "privacy")
 
