@@ -387,12 +387,19 @@ def make_sampling_round(plan: Plan, strategy: Strategy, model: Model):
     body = _round_body(plan, strategy, model)
 
     def round_fn(server_state, client_states, data: DeviceData, run_key, r):
-        k_sample, *keys = jax.random.split(jax.random.fold_in(run_key, r), 5)
+        k_sample, keys = _fixed_round_keys(run_key, r)
         ids = jnp.pad(sample_fixed(plan, k_sample), (0, plan.slots - plan.clients_per_round))
         valid = jnp.arange(plan.slots) < plan.clients_per_round
         return body(server_state, client_states, data, ids, valid, keys)
 
     return round_fn
+
+
+def _fixed_round_keys(run_key, r):
+    """(sampling key, (work, batches, clients, aggregate) keys) of fixed-sampling round r, the same
+    in the compiled program and on the host (``round_inputs``)."""
+    k_sample, *keys = jax.random.split(jax.random.fold_in(run_key, r), 5)
+    return k_sample, tuple(keys)
 
 
 def sample_fixed(plan: Plan, key) -> jax.Array:
@@ -441,25 +448,25 @@ def finish_on_host(strategy: Strategy, server_update, out: RoundOutput) -> Round
     return RoundOutput(server_state, out.client_states, metrics)
 
 
-# ---- data staged on the host each round (fedlab.data.disk) ------------------------------------
+# ---- clients drawn on the host (Poisson sampling; data staged per round, fedlab.data.disk) ------
 _sample_fixed_jit = jax.jit(sample_fixed, static_argnums=0)
 
 
 def round_inputs(plan: Plan, run_key, r: int):
-    """(ids [slots], valid [slots], keys (work, batches, clients, aggregate)) of round r, drawn on the
-    host with exactly the keys of ``make_sampling_round`` (fixed sampling) or of ``simulate``'s
-    Poisson round, so a source staged per round (``stage_round``) trains on the same clients."""
+    """(ids [slots], valid [slots], keys (work, batches, clients, aggregate)) of round r drawn on the
+    host: Poisson sampling, and fixed sampling with exactly the keys of ``make_sampling_round`` (so a
+    source staged per round trains on the clients the in-program sampler would draw)."""
     if plan.sampling == "fixed":
-        k_sample, *keys = jax.random.split(jax.random.fold_in(run_key, r), 5)
+        k_sample, keys = _fixed_round_keys(run_key, r)
         ids = np.pad(np.asarray(_sample_fixed_jit(plan, k_sample)), (0, plan.slots - plan.clients_per_round))
-        return ids, np.arange(plan.slots) < plan.clients_per_round, tuple(keys)
+        return ids, np.arange(plan.slots) < plan.clients_per_round, keys
     k_sample, k_round = jax.random.split(jax.random.fold_in(run_key, r))
     ids, valid = sample_poisson(plan, k_sample)
     return ids, valid, tuple(jax.random.split(k_round, 4))
 
 
-def make_staged_round(plan: Plan, strategy: Strategy, model: Model):
-    """The round for data staged on the host (only the sampled clients' rows on the device):
-    (server_state, client_states, data, ids, valid, keys) -> RoundOutput with ``round_inputs``'s
-    ids and keys; the same round body as ``make_round`` and ``make_sampling_round``."""
+def make_host_sampled_round(plan: Plan, strategy: Strategy, model: Model):
+    """The round for clients drawn on the host: (server_state, client_states, data, ids, valid, keys)
+    -> RoundOutput with ``round_inputs``'s ids and keys; the same round body as ``make_round`` and
+    ``make_sampling_round``."""
     return _round_body(plan, strategy, model)

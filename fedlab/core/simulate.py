@@ -356,19 +356,22 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
         slots = engine.poisson_slots(clients_per_round, K, chunk * devices)
     plan = engine.Plan(K, clients_per_round, slots, chunk, batch_size, local_steps, local_epochs,
                        int(data.train_counts.max()), sampling, float(stragglers), devices)
-    in_program = sampling == "fixed" and not staged
-    if staged:      # each round's clients drawn on the host, their rows staged (read, standardized, copied)
-        def stage(r):
+    in_program = sampling == "fixed" and not staged     # else the clients are drawn on the host
+    if staged:      # only the round's clients' rows reach the device (read, standardized, copied)
+        def inputs(r):
             ids, valid, keys = engine.round_inputs(plan, k_run, r)
             return ids, valid, keys, data.stage(ids[valid])
 
-        first_inputs = {first_round: stage(first_round)}    # staged in the setup; its shapes size the messages
+        first_inputs = {first_round: inputs(first_round)}    # staged in the setup; its shapes size the messages
         dev = first_inputs[first_round][3]
-        round_fn = engine.make_staged_round(plan, strategy, model)
     else:
         dev = data.device_data() if generated else engine.device_data(data)
-        round_fn = (engine.make_sampling_round(plan, strategy, model) if in_program
-                    else engine.make_round(plan, strategy, model))
+        first_inputs = {}
+
+        def inputs(r):      # Poisson sampling: every round on the same (replicated) data
+            return (*engine.round_inputs(plan, k_run, r), dev)
+    round_fn = (engine.make_sampling_round(plan, strategy, model) if in_program
+                else engine.make_host_sampled_round(plan, strategy, model))
     if mesh is not None:
         round_fn = engine.shard_round(round_fn, mesh)
         replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -405,18 +408,13 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     def one_round(r, server_state, client_states):
         """Run round r; returns (RoundOutput, sampled clients, seconds)."""
         t0 = time.perf_counter()
-        if staged:
-            ids, valid, keys, staged_data = first_inputs.pop(r, None) or stage(r)
-            num_sampled = int(valid.sum())
-            out = round_fn(server_state, client_states, staged_data, ids, valid, keys)
-        elif in_program:      # fixed sampling: clients drawn inside the compiled round
+        if in_program:      # fixed sampling: clients drawn inside the compiled round
             num_sampled = clients_per_round
             out = round_fn(server_state, client_states, dev, k_run, np.int32(r))
         else:
-            k_sample, k_round = jax.random.split(jax.random.fold_in(k_run, r))
-            ids, valid = engine.sample_poisson(plan, k_sample)
+            ids, valid, keys, round_data = first_inputs.pop(r, None) or inputs(r)
             num_sampled = int(valid.sum())
-            out = round_fn(server_state, client_states, dev, ids, valid, k_round)
+            out = round_fn(server_state, client_states, round_data, ids, valid, keys)
         if out.pending is not None:
             out = engine.finish_on_host(strategy, server_update, out)
         out = out._replace(**dict(zip(("server_state", "client_states"),
