@@ -93,15 +93,34 @@ _CORES_SCRIPT = textwrap.dedent("""
     if out["devices"] == 4:
         out["auto"] = [engine.auto_devices(6, True, 0), engine.auto_devices(6, False, 0),
                        engine.auto_devices(6, True, 0, chunk=3), engine.auto_devices(8, True, 2 ** 28),
-                       engine.auto_devices(8, True, 2 ** 30)]
+                       engine.auto_devices(8, True, 2 ** 30), engine.auto_devices(6, True, 0, round_flops=1e6),
+                       engine.auto_devices(6, True, 0, round_flops=1e8)]
         from fedlab.data.loaders import load_federated
         data = load_federated("synthetic:1,1", num_clients=12, seed=0)
-        runs = [fedlab.simulate("fedavg", "logreg", data, rounds=2, clients_per_round=6, local_steps=3,
-                                progress=False, **kw) for kw in ({}, {"devices": 1})]
+        runs = [fedlab.simulate("fedavg", model, data, rounds=2, clients_per_round=6, local_steps=3,
+                                progress=False, **kw)
+                for model in ("mlp", "logreg") for kw in ({}, {"devices": 1})]
         out["settings"] = [h.settings["devices"] for h in runs]
         out["loss"] = [h["train_loss"].tolist() for h in runs]
     print(json.dumps(out))
 """)
+
+
+def test_round_flops_counts_the_dense_products():
+    """A mini-batch's gradient of a dense net costs 2*B*in*out FLOPs per layer for the forward
+    product, as much for the weight gradient, and as much again for the input gradient of every
+    layer but the first; XLA's count adds only the elementwise work (under 10% here)."""
+    from fedlab.core import engine
+    from fedlab.core.registry import MODELS
+
+    B, steps, clients = 10, 20, 7
+    for name, sizes in (("logreg", (60, 10)), ("mlp", (60, 200, 200, 10))):
+        model = MODELS[name].factory((60,), 10)
+        params = jax.eval_shape(model.init, jax.random.key(0))
+        layers = [2 * B * a * b for a, b in zip(sizes[:-1], sizes[1:])]
+        hand = (2 * sum(layers) + sum(layers[1:])) * steps * clients
+        flops = engine.round_flops(model, params, (60,), B, steps, clients)
+        assert hand <= flops <= 1.1 * hand, (name, flops, hand)
 
 
 def test_one_cpu_device_per_core_and_auto_devices():
@@ -120,9 +139,10 @@ def test_one_cpu_device_per_core_and_auto_devices():
     assert devices(XLA_FLAGS="--xla_force_host_platform_device_count=2", FEDLAB_CPU_DEVICES="3")["devices"] == 2
     out = devices(FEDLAB_CPU_DEVICES="4")
     # 6 clients: 3 devices (fixed), 4 (Poisson pads), 2 (chunks of 3); 256 MiB of data: 3 copies more
-    # fit in 1 GiB, 1 GiB does not
-    assert out["auto"] == [3, 4, 2, 4, 1]
-    assert out["settings"] == [3, 1]
+    # fit in 1 GiB, 1 GiB does not; a round of 1e6 FLOPs stays on one device, 1e8 does not
+    assert out["auto"] == [3, 4, 2, 4, 1, 1, 3]
+    # the MLP's round (about 6 x 3 x 1e7 FLOPs) is split, logistic regression's (about 1e6) is not
+    assert out["settings"] == [3, 1, 1, 1]
     np.testing.assert_allclose(out["loss"][0], out["loss"][1], rtol=1e-5)
 
 
@@ -206,6 +226,10 @@ def test_hundred_thousand_clients_setup_is_small_and_state_memory_is_checked():
     assert check_client_state_memory(ALGORITHMS["fedavg"].factory(), model, 100000, limit=1) == 0
     with pytest.raises(ValueError, match=r"scaffold keeps a state per client: 100000 clients x .* = 20\.\d\d GiB"):
         check_client_state_memory(scaffold, model, 100000, limit=8 * 2**30)
+    # 1000 clients' states (0.2 GiB) and the round's copy fit in 1 GiB once, not on 4 CPU devices
+    check_client_state_memory(scaffold, model, 1000, limit=2**30)
+    with pytest.raises(ValueError, match="on each of 4 CPU devices, .* use fewer devices"):
+        check_client_state_memory(scaffold, model, 1000, limit=2**30, replicas=4)
     with pytest.raises(ValueError, match="local_epochs: generated client data trains by local_steps"):
         fedlab.Experiment(dataset="synthetic", client_data="generated", local_epochs=1)
     with pytest.raises(ValueError, match="client_data: 'generated' needs a synthetic dataset"):

@@ -279,21 +279,43 @@ def client_mesh(devices: int) -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.array(available[:devices]), (CLIENTS_AXIS,))
 
 
-def auto_devices(clients_per_round: int, fixed: bool, replicated_bytes: int, chunk: int | None = None) -> int:
+# On CPU a round with less local work than this runs on one device: its kernels are too short for
+# the split to pay off, and the devices wait for each other at the reduction whenever another
+# process takes a core (logistic regression S: 2 devices 1.1x faster on the idle 2-core machine,
+# 1.3x slower with one core busy; logistic regression at 1.5e7 FLOPs a round: 1.5x and 1.3x faster).
+SHARD_MIN_FLOPS = 1e7
+
+
+def auto_devices(clients_per_round: int, fixed: bool, replicated_bytes: int, chunk: int | None = None,
+                 round_flops: float | None = None) -> int:
     """devices="auto": the most devices of the default backend (on CPU, one per core: see
     ``use_cpu_cores``) that split a round evenly: a divisor of clients_per_round with fixed
     sampling (Poisson slots are padded to a multiple), into shares of at least ``chunk`` clients (a
     chunk size the user gave). The training arrays and the client states are replicated on every
     device (``replicated_bytes``), and CPU devices share the host's memory, so on CPU the extra
-    copies must stay under 1 GiB (else one device). On the 2-core benchmark machine 2 CPU devices
-    run the MLP S and L rounds 1.8x and 2.0x faster and logistic regression L 1.7x
+    copies must stay under 1 GiB (else one device), and a round of fewer than SHARD_MIN_FLOPS
+    (``round_flops``, see ``round_flops``) stays on one device. On the 2-core benchmark machine 2
+    CPU devices run the MLP S and L rounds 1.8x and 2.0x faster and logistic regression L 1.7x
     (benchmarks/bench_engine.py): each small per-client kernel runs on one core, and a sharded
     round runs two of them at a time."""
     count = jax.device_count()
-    if jax.default_backend() == "cpu" and replicated_bytes * (count - 1) > 1 << 30:
+    if jax.default_backend() == "cpu" and (replicated_bytes * (count - 1) > 1 << 30
+                                           or round_flops is not None and 0 < round_flops < SHARD_MIN_FLOPS):
         return 1
     return max(d for d in range(1, count + 1)
                if (not fixed or clients_per_round % d == 0) and clients_per_round // d >= (chunk or 1))
+
+
+def round_flops(model: Model, params, input_shape: tuple, batch_size: int, steps: int, clients: int) -> float:
+    """The local training's FLOPs in a round, estimated: XLA's cost analysis of one mini-batch's
+    loss gradient (lowered, not compiled), times ``steps`` and ``clients``; 0 when XLA gives none."""
+    x = jax.ShapeDtypeStruct((batch_size, *input_shape), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32 if model.num_classes > 0 else jnp.float32)
+    grad = jax.grad(lambda p, x, y: jnp.sum(model.example_losses(p, x, y)))
+    cost = jax.jit(grad).lower(params, x, y).cost_analysis()
+    if isinstance(cost, (list, tuple)):         # older JAX: one dict per program
+        cost = cost[0] if cost else None
+    return float((cost or {}).get("flops", 0.0)) * steps * clients
 
 
 def use_cpu_cores() -> int | None:

@@ -270,7 +270,8 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     devices: shard each round's sampled clients across a Mesh of this many devices (one SPMD
     program; the History equals the one-device run up to float summation order); "auto" (the
     default): every device that splits the round evenly (``engine.auto_devices``; on CPU fedlab
-    makes one device per core when it is imported, ``engine.use_cpu_cores``). eval_clients:
+    makes one device per core when it is imported, ``engine.use_cpu_cores``, and a round of little
+    work stays on one device). eval_clients:
     evaluate on a fixed random sample of this many clients (a generated population, from
     ``fedlab.data.population``, always evaluates on its own sample). A dataset on disk
     (``fedlab.data.disk.DiskDataset``, anything with ``stage``) has each round's sampled clients drawn
@@ -332,11 +333,20 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     model = resolve_model(model, data, model_options)
 
     k_run = jax.random.split(jax.random.key(seed))[1]
-    state_bytes = check_client_state_memory(strategy, model, K, seed, init_params)
+    # CPU devices share the host's memory: every device holds the client states (auto keeps the
+    # extra copies under 1 GiB itself)
+    replicas = devices if devices != "auto" and jax.default_backend() == "cpu" else 1
+    state_bytes = check_client_state_memory(strategy, model, K, seed, init_params, replicas=replicas)
     if devices == "auto":       # every device that splits the round evenly; data and states are replicated
         in_memory = not (generated or staged)
+        flops = None
+        if jax.device_count() > 1 and jax.default_backend() == "cpu":
+            params = jax.eval_shape(model.init, jax.random.key(seed)) if init_params is None else init_params
+            steps = local_steps or local_epochs * math.ceil(float(np.mean(data.train_counts)) / batch_size)
+            flops = engine.round_flops(model, params, data.input_shape, batch_size, steps, clients_per_round)
         devices = engine.auto_devices(clients_per_round, sampling == "fixed", state_bytes + (
-            data.x_train.nbytes + data.y_train.nbytes if in_memory else 0), None if chunk_size == "auto" else chunk_size)
+            data.x_train.nbytes + data.y_train.nbytes if in_memory else 0),
+            None if chunk_size == "auto" else chunk_size, flops)
         mesh = engine.client_mesh(devices) if devices > 1 else None
     _, server_state, client_states = initial_state(strategy, model, K, seed, init_params)
     params = server_state.params
@@ -519,20 +529,22 @@ def initial_state(strategy: Strategy, model: Model, num_clients: int, seed: int,
 
 
 def check_client_state_memory(strategy: Strategy, model: Model, num_clients: int, seed: int = 0,
-                              init_params=None, limit: int | None = None) -> int:
+                              init_params=None, limit: int | None = None, replicas: int = 1) -> int:
     """Bytes of every client's persistent state (SCAFFOLD's control variates: one model per client);
-    ValueError with the needed size when twice that (the state and the round's new copy) exceeds
-    ``limit`` (default: half of this machine's memory, or of the accelerator's)."""
+    ValueError with the needed size when twice that (the state and the round's new copy), on each
+    of ``replicas`` devices that share the memory, exceeds ``limit`` (default: half of this
+    machine's memory, or of the accelerator's)."""
     params = jax.eval_shape(lambda: model.init(jax.random.key(seed))) if init_params is None else init_params
     one = tree_nbytes(jax.eval_shape(strategy.client_state_init, params))
     needed = num_clients * one
     if limit is None:
         limit = memory_limit()
-    if needed and 2 * needed > limit:
+    if needed and 2 * replicas * needed > limit:
+        copies = "twice that with the round's copy" + (f", on each of {replicas} CPU devices" if replicas > 1 else "")
+        fix = "fewer devices, " if replicas > 1 else ""
         raise ValueError(f"{strategy.name} keeps a state per client: {num_clients} clients x {one / 2**10:.1f} KiB = "
-                         f"{needed / 2**30:.2f} GiB, twice that with the round's copy, but the limit is "
-                         f"{limit / 2**30:.2f} GiB (half of the memory); use fewer clients, a smaller model or a "
-                         f"strategy without client state")
+                         f"{needed / 2**30:.2f} GiB, {copies}, but the limit is {limit / 2**30:.2f} GiB (half of "
+                         f"the memory); use {fix}fewer clients, a smaller model or a strategy without client state")
     return needed
 
 
