@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Stop, on Ctrl-C and on divergence)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--compilation-cache", action="store_true",
-                   help="keep compiled rounds on disk ($FEDLAB_CACHE or ~/.cache/fedlab/jax): repeat runs start fast")
+                   help="keep compiled rounds on disk ($FEDLAB_CACHE/jax or ~/.cache/fedlab/jax): repeat runs start fast")
     return parser
 
 

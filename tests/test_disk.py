@@ -108,6 +108,10 @@ def test_split_and_standardization_by_hand(tmp_path):
     np.testing.assert_array_equal(d.y, [0, 0, 1, 1, 0, 1])
     assert d.mean[0] == pytest.approx(4.0)                                  # (1 + 2 + 3 + 10) / 4
     assert d.std[0] == pytest.approx(np.sqrt(((1 - 4) ** 2 + 4 + 1 + 36) / 4))
+    assert d.check() == ["1 of 2 clients have no test rows; per-client accuracy covers the other 1"]
+    with pytest.raises(ValueError, match=r"no test rows.*test_fraction > 0 \(write_disk"):
+        DiskDataset(write_disk(tmp_path / "h.parquet", tmp_path / "h0", client_column="c", target="y",
+                               test_fraction=0.0)).check()
     staged = d.stage([1, 0])
     assert staged.x.shape == (4, 1)                                         # 4 rows: a power of two
     np.testing.assert_array_equal(staged.offsets, [0, 3])
@@ -209,13 +213,21 @@ def test_errors_named_and_nothing_left_behind(files, tmp_path):
 
 def test_cli_runs_from_disk(files, tmp_path, monkeypatch, capsys):
     """python -m fedlab run --dataset parquet:PATH --target --partition column:COL --client-data disk: the
-    file is converted once into $FEDLAB_CACHE/disk and trained from there; a second run reuses it."""
+    file is converted once into $FEDLAB_CACHE/disk and trained from there (with --compilation-cache the
+    compiled programs go to $FEDLAB_CACHE/jax, though this process opened another cache first); a
+    second run reuses it."""
+    from conftest import _JAX_CACHE
+
     root, _ = files
     monkeypatch.setenv("FEDLAB_CACHE", str(tmp_path / "cache"))
     args = ["run", "--dataset", f"parquet:{root / 't.parquet'}", "--target", "label", "--partition", "column:store",
             "--client-data", "disk", "--rounds", "2", "--clients-per-round", "5", "--local-steps", "3",
             "--eval-clients", "30"]
-    assert main(args + ["--out", str(tmp_path / "run")]) == 0
+    try:
+        assert main(args + ["--out", str(tmp_path / "run"), "--compilation-cache"]) == 0
+    finally:        # back to this test process's own compilation cache
+        fedlab.enable_compilation_cache(_JAX_CACHE)
+    assert sorted(os.listdir(tmp_path / "cache")) == ["disk", "jax"] and os.listdir(tmp_path / "cache" / "jax")
     converted = os.listdir(tmp_path / "cache" / "disk")
     assert len(converted) == 1 and converted[0].startswith("t-")
     stamp = os.stat(tmp_path / "cache" / "disk" / converted[0] / "x.npy").st_mtime_ns

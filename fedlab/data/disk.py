@@ -25,7 +25,8 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from fedlab.data.federated import FederatedDataset
+from fedlab.core.cache import cache_root
+from fedlab.data.federated import FederatedDataset, check_labels_and_tests
 from fedlab.data.loaders import MAX_CLASSES_AUTO
 
 FORMAT = "fedlab-disk/1"
@@ -297,15 +298,8 @@ class DiskDataset:
 
     def check(self) -> list[str]:
         """As ``FederatedDataset.check``, from the stored counts (no pass over the rows)."""
-        if self.num_classes > 0 and np.count_nonzero(self.meta["train_class_counts"]) < 2:
-            raise ValueError("target has a single class in the training rows: a classifier has nothing to learn; "
-                             "check the target column")
-        missing = int(np.sum(self.test_counts == 0))
-        if missing == self.num_clients:
-            raise ValueError("the dataset has no test rows, so no run can be evaluated; convert it with "
-                             "test_fraction > 0")
-        return [f"{missing} of {self.num_clients} clients have no test rows; per-client accuracy covers "
-                f"the other {self.num_clients - missing}"] if missing else []
+        classes = np.flatnonzero(self.meta["train_class_counts"]) if self.num_classes > 0 else None
+        return check_labels_and_tests(classes, self.test_counts, "(write_disk, cached_disk)")
 
     def fingerprint(self) -> str:
         """A short hash of the conversion (its source's fingerprint and options, the clients' counts)."""
@@ -387,8 +381,7 @@ def from_disk(out_dir) -> DiskDataset:
 
 def cache_dir() -> pathlib.Path:
     """Where converted files live: $FEDLAB_CACHE/disk, else ~/.cache/fedlab/disk."""
-    root = os.environ.get("FEDLAB_CACHE")
-    return (pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "fedlab").expanduser() / "disk"
+    return cache_root() / "disk"
 
 
 def cached_disk(source, *, client_column: str, target: str, features=None, test_fraction: float = 0.2,

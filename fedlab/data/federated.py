@@ -17,6 +17,21 @@ def _offsets(counts: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.asarray(counts, dtype=np.int64))]).astype(np.int64)
 
 
+def check_labels_and_tests(classes, test_counts, where: str) -> list[str]:
+    """The checks every dataset kind makes of its labels and test split: ValueError when the
+    training rows hold a single class (``classes``: the distinct training labels, None for
+    regression) or no client has test rows; a warning (returned) when some clients have none.
+    ``where`` names what takes test_fraction."""
+    if classes is not None and len(classes) < 2:
+        raise ValueError(f"target has a single class in the training rows (every label is {classes[0]}): a "
+                         f"classifier has nothing to learn; check the target column")
+    K, missing = len(test_counts), int(np.sum(np.asarray(test_counts) == 0))
+    if missing == K:
+        raise ValueError(f"the dataset has no test rows, so no run can be evaluated; keep some for testing with "
+                         f"test_fraction > 0 {where}")
+    return [f"{missing} of {K} clients have no test rows; per-client accuracy covers the other {K - missing}"
+            ] if missing else []
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class FederatedDataset:
     """Per-client train/test data in flat arrays plus offsets.
@@ -122,19 +137,8 @@ class FederatedDataset:
         leaves them out); constant feature columns of tabular data (named when ``feature_names``
         is set; images, whose borders are often constant, are not checked).
         """
-        if self.num_classes > 0:
-            classes = np.unique(self.y_train)
-            if len(classes) < 2:
-                raise ValueError(f"target has a single class in the training rows (every label is "
-                                 f"{classes[0]}): a classifier has nothing to learn; check the target column")
-        K, missing = self.num_clients, int(np.sum(self.test_counts == 0))
-        if missing == K:
-            raise ValueError("the dataset has no test rows, so no run can be evaluated; keep some for "
-                             "testing with test_fraction > 0 (load_federated, federate)")
-        found = []
-        if missing:
-            found.append(f"{missing} of {K} clients have no test rows; per-client accuracy covers the other "
-                         f"{K - missing}")
+        found = check_labels_and_tests(np.unique(self.y_train) if self.num_classes > 0 else None,
+                                       self.test_counts, "(load_federated, federate)")
         if len(self.input_shape) == 1:          # tabular: images often have constant borders
             parts = [x for x in (self.x_train, self.x_test) if len(x)]
             low, high = np.min([x.min(0) for x in parts], 0), np.max([x.max(0) for x in parts], 0)
