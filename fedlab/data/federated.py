@@ -32,6 +32,7 @@ def check_labels_and_tests(classes, test_counts, where: str) -> list[str]:
     return [f"{missing} of {K} clients have no test rows; per-client accuracy covers the other {K - missing}"
             ] if missing else []
 
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class FederatedDataset:
     """Per-client train/test data in flat arrays plus offsets.
