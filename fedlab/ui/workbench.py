@@ -53,18 +53,20 @@ class Workbench:
     data: an optional FederatedDataset of your own (shown as the dataset '(given)');
     redraw_interval: minimum seconds between chart redraws while training (default 0.5: each redraw
     sends the whole figure, which the browser draws anew);
-    compilation_cache: directory for JAX's persistent compilation cache (None: do not set one);
+    compilation_cache: directory for JAX's persistent compilation cache (True: fedlab's,
+    $FEDLAB_CACHE/jax or ~/.cache/fedlab/jax; None or False: do not set one);
     warm_up: load the data and compile the initial settings' round in the background (needs the
     compilation cache);
     settings: initial values, as :meth:`run` takes them.
     """
 
     def __init__(self, data=None, *, redraw_interval: float = 0.5,
-                 compilation_cache: str | None = "~/.cache/fedlab/jax", warm_up: bool = True, **settings):
+                 compilation_cache: str | bool | None = True, warm_up: bool = True, **settings):
         if not (isinstance(redraw_interval, (int, float)) and redraw_interval >= 0):
             raise ValueError(f"redraw_interval must be a number of seconds >= 0, got {redraw_interval!r}")
         if compilation_cache and not jax.config.jax_compilation_cache_dir:   # keep a cache already set
-            fedlab.enable_compilation_cache(compilation_cache, min_compile_seconds=0.2)
+            fedlab.enable_compilation_cache(None if compilation_cache is True else compilation_cache,
+                                            min_compile_seconds=0.2)
         self.given_data, self.redraw_interval = data, float(redraw_interval)
         self.data, self.runner = DataCache(data), Runner()
         self.form = Controls(given=None if data is None else data.name)
