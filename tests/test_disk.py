@@ -223,6 +223,7 @@ def test_cli_runs_from_disk(files, tmp_path, monkeypatch, capsys):
     args = ["run", "--dataset", f"parquet:{root / 't.parquet'}", "--target", "label", "--partition", "column:store",
             "--client-data", "disk", "--rounds", "2", "--clients-per-round", "5", "--local-steps", "3",
             "--eval-clients", "30"]
+    jax.jit(lambda v: v + 1)(np.float32(0))     # opens this process's compilation cache, if not yet open
     try:
         assert main(args + ["--out", str(tmp_path / "run"), "--compilation-cache"]) == 0
     finally:        # back to this test process's own compilation cache

@@ -93,8 +93,9 @@ _CORES_SCRIPT = textwrap.dedent("""
     if out["devices"] == 4:
         out["auto"] = [engine.auto_devices(6, True, 0), engine.auto_devices(6, False, 0),
                        engine.auto_devices(6, True, 0, chunk=3), engine.auto_devices(8, True, 2 ** 28),
-                       engine.auto_devices(8, True, 2 ** 30), engine.auto_devices(6, True, 0, round_flops=1e6),
-                       engine.auto_devices(6, True, 0, round_flops=1e8)]
+                       engine.auto_devices(8, True, 2 ** 30), engine.auto_devices(6, True, 0, round_flops=lambda: 1e6),
+                       engine.auto_devices(6, True, 0, round_flops=lambda: 1e8),
+                       engine.auto_devices(5, True, 0, round_flops=lambda: 1 / 0)]   # 1 device: never asked
         from fedlab.data.loaders import load_federated
         data = load_federated("synthetic:1,1", num_clients=12, seed=0)
         runs = [fedlab.simulate("fedavg", model, data, rounds=2, clients_per_round=6, local_steps=3,
@@ -139,8 +140,9 @@ def test_one_cpu_device_per_core_and_auto_devices():
     assert devices(XLA_FLAGS="--xla_force_host_platform_device_count=2", FEDLAB_CPU_DEVICES="3")["devices"] == 2
     out = devices(FEDLAB_CPU_DEVICES="4")
     # 6 clients: 3 devices (fixed), 4 (Poisson pads), 2 (chunks of 3); 256 MiB of data: 3 copies more
-    # fit in 1 GiB, 1 GiB does not; a round of 1e6 FLOPs stays on one device, 1e8 does not
-    assert out["auto"] == [3, 4, 2, 4, 1, 1, 3]
+    # fit in 1 GiB, 1 GiB does not; a round of 1e6 FLOPs stays on one device, 1e8 does not; 5 clients
+    # (fixed) split over no more than one device, so their FLOPs are not estimated
+    assert out["auto"] == [3, 4, 2, 4, 1, 1, 3, 1]
     # the MLP's round (about 6 x 3 x 1e7 FLOPs) is split, logistic regression's (about 1e6) is not
     assert out["settings"] == [3, 1, 1, 1]
     np.testing.assert_allclose(out["loss"][0], out["loss"][1], rtol=1e-5)

@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -287,23 +287,26 @@ SHARD_MIN_FLOPS = 1e7
 
 
 def auto_devices(clients_per_round: int, fixed: bool, replicated_bytes: int, chunk: int | None = None,
-                 round_flops: float | None = None) -> int:
+                 round_flops: Callable[[], float] | None = None) -> int:
     """devices="auto": the most devices of the default backend (on CPU, one per core: see
     ``use_cpu_cores``) that split a round evenly: a divisor of clients_per_round with fixed
     sampling (Poisson slots are padded to a multiple), into shares of at least ``chunk`` clients (a
     chunk size the user gave). The training arrays and the client states are replicated on every
     device (``replicated_bytes``), and CPU devices share the host's memory, so on CPU the extra
     copies must stay under 1 GiB (else one device), and a round of fewer than SHARD_MIN_FLOPS
-    (``round_flops``, see ``round_flops``) stays on one device. On the 2-core benchmark machine 2
+    stays on one device (``round_flops()``, e.g. from ``round_flops``: called only when the round
+    could otherwise be split, since it lowers a program). On the 2-core benchmark machine 2
     CPU devices run the MLP S and L rounds 1.8x and 2.0x faster and logistic regression L 1.7x
     (benchmarks/bench_engine.py): each small per-client kernel runs on one core, and a sharded
     round runs two of them at a time."""
-    count = jax.device_count()
-    if jax.default_backend() == "cpu" and (replicated_bytes * (count - 1) > 1 << 30
-                                           or round_flops is not None and 0 < round_flops < SHARD_MIN_FLOPS):
+    count, cpu = jax.device_count(), jax.default_backend() == "cpu"
+    if cpu and replicated_bytes * (count - 1) > 1 << 30:
         return 1
-    return max(d for d in range(1, count + 1)
+    best = max(d for d in range(1, count + 1)
                if (not fixed or clients_per_round % d == 0) and clients_per_round // d >= (chunk or 1))
+    if cpu and best > 1 and round_flops is not None and 0 < round_flops() < SHARD_MIN_FLOPS:
+        return 1
+    return best
 
 
 def round_flops(model: Model, params, input_shape: tuple, batch_size: int, steps: int, clients: int) -> float:

@@ -339,14 +339,12 @@ def simulate(strategy: Strategy | str, model: Model | str, data, *, rounds: int,
     state_bytes = check_client_state_memory(strategy, model, K, seed, init_params, replicas=replicas)
     if devices == "auto":       # every device that splits the round evenly; data and states are replicated
         in_memory = not (generated or staged)
-        flops = None
-        if jax.device_count() > 1 and jax.default_backend() == "cpu":
-            params = jax.eval_shape(model.init, jax.random.key(seed)) if init_params is None else init_params
-            steps = local_steps or local_epochs * math.ceil(float(np.mean(data.train_counts)) / batch_size)
-            flops = engine.round_flops(model, params, data.input_shape, batch_size, steps, clients_per_round)
+        steps = local_steps or local_epochs * math.ceil(float(np.mean(data.train_counts)) / batch_size)
         devices = engine.auto_devices(clients_per_round, sampling == "fixed", state_bytes + (
             data.x_train.nbytes + data.y_train.nbytes if in_memory else 0),
-            None if chunk_size == "auto" else chunk_size, flops)
+            None if chunk_size == "auto" else chunk_size,
+            lambda: engine.round_flops(model, param_shapes(model, seed, init_params), data.input_shape, batch_size,
+                                       steps, clients_per_round))
         mesh = engine.client_mesh(devices) if devices > 1 else None
     _, server_state, client_states = initial_state(strategy, model, K, seed, init_params)
     params = server_state.params
@@ -528,14 +526,19 @@ def initial_state(strategy: Strategy, model: Model, num_clients: int, seed: int,
     return RunState(0, strategy.server_init(params), client_states)
 
 
+def param_shapes(model: Model, seed: int, init_params=None):
+    """The model's parameters as shapes (``init_params`` when given, else what the seed would
+    initialize), without computing them."""
+    return jax.eval_shape(lambda: model.init(jax.random.key(seed))) if init_params is None else init_params
+
+
 def check_client_state_memory(strategy: Strategy, model: Model, num_clients: int, seed: int = 0,
                               init_params=None, limit: int | None = None, replicas: int = 1) -> int:
     """Bytes of every client's persistent state (SCAFFOLD's control variates: one model per client);
     ValueError with the needed size when twice that (the state and the round's new copy), on each
     of ``replicas`` devices that share the memory, exceeds ``limit`` (default: half of this
     machine's memory, or of the accelerator's)."""
-    params = jax.eval_shape(lambda: model.init(jax.random.key(seed))) if init_params is None else init_params
-    one = tree_nbytes(jax.eval_shape(strategy.client_state_init, params))
+    one = tree_nbytes(jax.eval_shape(strategy.client_state_init, param_shapes(model, seed, init_params)))
     needed = num_clients * one
     if limit is None:
         limit = memory_limit()

@@ -163,7 +163,7 @@ def _choice(name: str, options, default, tooltip: str = "") -> Control:
     return Control(name, widget, lambda v: None if v == DEFAULT else v, lambda v: DEFAULT if v is None else v)
 
 
-def _chunk(text: str):
+def _int_or_auto(text: str):
     text = text.strip()
     return int(text) if text.isdigit() else text
 
@@ -184,7 +184,7 @@ def _special(field: dataclasses.Field, tooltip: str) -> Control | None:
                                            style=STYLE, tooltip=tooltip))
     if name in ("chunk_size", "devices"):       # a number or "auto"
         return Control(name, W.Text(value=str(field.default), description=name.replace("_", " "), style=STYLE,
-                                    tooltip=tooltip, layout=_width(200)), _chunk, str)
+                                    tooltip=tooltip, layout=_width(200)), _int_or_auto, str)
     return None
 
 
