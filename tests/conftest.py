@@ -7,6 +7,7 @@ import pathlib
 import shutil
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 
@@ -57,3 +58,21 @@ def toy_data(num_clients=6, features=5, classes=3, seed=0, nan=False):
     if nan:
         train[0][0][0, 0] = np.nan
     return fedlab.FederatedDataset.from_clients("toy", train, test, classes)
+
+
+class ProgramCount:
+    """Programs that JAX lowers or XLA compiles while the ``with`` block runs (jax.monitoring
+    events; a lowering is counted even when a compilation cache then supplies the program)."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/core/compile/backend_compile_duration")
+
+    def __enter__(self):
+        self.count = 0
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def _listen(self, event, duration, **kwargs):
+        self.count += event in self.EVENTS
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listen)

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 import fedlab
-from conftest import toy_data
+from conftest import ProgramCount, toy_data
 from fedlab.algorithms import common
 from fedlab.core import engine
 from fedlab.core.types import ClientOutput, Strategy, tree_nbytes
@@ -248,3 +248,49 @@ def test_auto_chunk_keeps_cpu_chunks_in_cache_and_fills_a_gpu():
     assert engine.auto_chunk(10, 610, "cpu") == 10                        # logreg: the whole round
     assert engine.auto_chunk(100, mlp_params, "gpu") == 100
     assert engine.auto_chunk(7, 10**9, "gpu") == 1                        # too big for one: one at a time
+
+
+def test_to_device_copies_with_jnp_asarray_dtypes_and_compiles_nothing():
+    host = [np.linspace(0, 1, 3 * 7 * 11).reshape(3, 7, 11), np.arange(13, dtype=np.int64) - 6,
+            np.arange(17) % 3 == 0, np.full((5, 19), 2.5, np.float32)]      # shapes no other test uses
+    with ProgramCount() as programs:
+        on_device = engine.to_device(*host)
+    assert programs.count == 0
+    kept = [h.copy() for h in host]
+    for h in host:
+        h.flat[0] = 7               # the device arrays are copies, not views of the numpy memory
+    for d, h in zip(on_device, kept, strict=True):
+        expected = jnp.asarray(h)
+        assert isinstance(d, jax.Array) and d.dtype == expected.dtype and d.shape == h.shape
+        np.testing.assert_array_equal(np.asarray(d), np.asarray(expected))
+
+
+def test_evaluator_reuses_its_last_pass_for_the_same_arrays_only():
+    from fedlab.core.simulate import Evaluator
+
+    data = toy_data()
+    model = fedlab.MODELS["logreg"].factory(data.input_shape, data.num_classes)
+    evaluate, passes = Evaluator(model, data), []
+    run = evaluate._run
+    evaluate._run = lambda *args: passes.append(1) or run(*args)
+    rng = np.random.default_rng(1)
+    W, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+
+    def by_hand(W, b):
+        tests = [data.client(k, "test") for k in range(data.num_clients)]
+        return [np.mean(np.argmax(x @ W + b, 1) == y) for x, y in tests]
+
+    params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
+    row = evaluate(params)
+    table = evaluate.per_client(params, data.names())
+    assert len(passes) == 1                      # the table reuses the row's pass
+    np.testing.assert_allclose(table["test_accuracy"], by_hand(W, b))
+    np.testing.assert_allclose(row["test_accuracy"], np.average(by_hand(W, b), weights=data.test_counts))
+    other = {"W": -params["W"], "b": params["b"]}        # new arrays: a new pass
+    np.testing.assert_allclose(evaluate.per_client(other, data.names())["test_accuracy"], by_hand(-W, b))
+    assert len(passes) == 2
+    numpy_params = {"W": W, "b": b}                      # numpy arrays can change in place: never reused
+    evaluate.per_client(numpy_params, data.names())
+    W[:] = -W
+    np.testing.assert_allclose(evaluate.per_client(numpy_params, data.names())["test_accuracy"], by_hand(W, b))
+    assert len(passes) == 4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fedlab
-from conftest import toy_data
+from conftest import ProgramCount, toy_data
 from fedlab.algorithms.common import ServerState
 from fedlab.cli import main
 from fedlab.core.personal import PersonalEvaluator, hold_out
@@ -58,6 +58,18 @@ def test_fedavg_personal_columns_are_the_global_models_per_client_accuracy():
     acc = per_client_accuracy(data, lambda k: (np.asarray(h.params["W"]), np.asarray(h.params["b"])))
     assert_summary(h.iloc[-1], acc)
     assert_summary(h.iloc[-1], acc, "client_acc")
+
+
+def test_the_personal_evaluator_builds_nothing_before_its_first_table():
+    data = toy_data()
+    model = fedlab.MODELS["logreg"].factory(data.input_shape, data.num_classes)
+    with ProgramCount() as programs:        # a run whose evaluator is trivial never calls it
+        evaluate = PersonalEvaluator(fedlab.ALGORITHMS["fedavg"].factory(), model, data, seed=3)
+    assert programs.count == 0
+    rng = np.random.default_rng(2)
+    W, b = rng.normal(size=(5, 3)).astype(np.float32), rng.normal(size=3).astype(np.float32)
+    table = evaluate.per_client(ServerState({"W": W, "b": b}), (), round=1)
+    np.testing.assert_allclose(table["personal_accuracy"], per_client_accuracy(data, lambda k: (W, b)))
 
 
 def test_fedper_with_the_whole_model_as_head_is_local_training(islands):

@@ -51,7 +51,7 @@ def _padded_test(data):
     idx = data.test_offsets[:-1, None] + np.arange(M)[None, :]
     mask = np.arange(M)[None, :] < counts[:, None]
     idx = np.where(mask, idx, 0)
-    return jnp.asarray(idx, jnp.int32), jnp.asarray(mask, jnp.float32)
+    return engine.to_device(idx.astype(np.int32), mask.astype(np.float32))
 
 
 class PersonalEvaluator:
@@ -65,15 +65,19 @@ class PersonalEvaluator:
                  batch_size: int = 10, seed: int = 0, chunk: int | None = None):
         self.strategy, self.model, self.data, self.steps = strategy, model, data, int(steps)
         self.trivial = strategy.personal_params is None and self.steps == 0
-        self.key = jax.random.fold_in(jax.random.key(seed), _TAG)
         self.has_test = data.test_counts > 0
-        self._chunk, self._fn = chunk, None
+        self._chunk, self._fn, self._lr, self._batch, self._seed = chunk, None, lr, int(batch_size), seed
         self.client_values = None           # the last call's per-client accuracies (personalizing only)
-        adapt = strategy.adapt or sgd_adapt(lr)
+
+    def _client_fn(self):
+        """One client's evaluation. Built at the first per_client call, not in __init__: a run whose
+        evaluator is trivial (its rows reuse the global model's per-client accuracies) never
+        copies the test rows to the device or compiles their small setup programs."""
+        strategy, model, data, steps, B = self.strategy, self.model, self.data, self.steps, self._batch
+        adapt = strategy.adapt or sgd_adapt(self._lr)
         dev = engine.device_data(data)
         test_idx, test_mask = _padded_test(data)
-        x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
-        B, steps = int(batch_size), self.steps
+        x_test, y_test = engine.to_device(data.x_test, data.y_test)
 
         def one_client(server_state, client_state, cid, key):
             """(correct, loss, all finite) of client cid's model on its test rows."""
@@ -94,7 +98,7 @@ class PersonalEvaluator:
             return (jnp.sum(correct * mask), jnp.sum(jnp.where(mask > 0, loss, 0.0)),
                     engine.params_finite(params))
 
-        self._one_client = one_client
+        return one_client
 
     def _compiled(self, server_state, client_states, shared_state: bool):
         """All clients' (correct, loss, finite), vmapped in chunks; client_states is one state
@@ -106,7 +110,8 @@ class PersonalEvaluator:
             self._chunk = engine.auto_chunk(K, tree_nbytes(params) // 4, jax.default_backend())
         C = self._chunk
         padded = -K % C
-        one = self._one_client
+        one = self._client_fn()
+        self.key = jax.random.fold_in(jax.random.key(self._seed), _TAG)
 
         def run(server_state, client_states, key):
             ids = jnp.arange(K + padded, dtype=jnp.int32)
