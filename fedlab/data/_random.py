@@ -33,16 +33,22 @@ GAMMA_CHUNK = 1 << 12  # log-gamma draws are costlier and needed only per class 
 
 
 def _chunks(key, n: int, draw, chunk: int = CHUNK) -> np.ndarray:
-    """Concatenate ``draw(chunk_key)`` (``chunk`` values each, last axis) up to n values."""
-    parts = [np.asarray(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
+    """Concatenate ``draw(key, i)`` (chunk i: ``chunk`` values, last axis) up to n values."""
+    parts = [np.asarray(draw(key, np.uint32(i))) for i in range(-(-n // chunk))]
     return np.concatenate(parts, axis=-1)[..., :n]
+
+
+@jax.jit
+def _bits(key, i):
+    """Chunk i's raw bits: one program for the fold_in and the draw (eager, they were four)."""
+    return jax.random.bits(jax.random.fold_in(key, i), (2, CHUNK), jnp.uint32)
 
 
 def uniform(key, n: int) -> np.ndarray:
     """[n] float64 uniforms on the open interval (0, 1), 53 random bits each."""
     if n == 0:
         return np.zeros(0)
-    bits = _chunks(as_key(key), n, lambda k: jax.random.bits(k, (2, CHUNK), jnp.uint32))
+    bits = _chunks(as_key(key), n, _bits)
     hi = (bits[0] >> np.uint32(5)).astype(np.float64)   # 27 bits
     lo = (bits[1] >> np.uint32(6)).astype(np.float64)   # 26 bits
     return (hi * 2.0**26 + lo + 0.5) / 2.0**53
@@ -66,7 +72,8 @@ def normal(key, shape) -> np.ndarray:
 def dirichlet(key, alpha: float, rows: int, dim: int) -> np.ndarray:
     """[rows, dim] float64, each row ~ Dirichlet(alpha * ones(dim)); stable for tiny alpha."""
     alphas = jnp.full((GAMMA_CHUNK,), alpha, jnp.float32)
-    logg = _chunks(as_key(key), rows * dim, lambda k: jax.random.loggamma(k, alphas), GAMMA_CHUNK)
+    logg = _chunks(as_key(key), rows * dim, lambda k, i: jax.random.loggamma(jax.random.fold_in(k, i), alphas),
+                   GAMMA_CHUNK)
     logg = logg.astype(np.float64).reshape(rows, dim)
     logg -= logg.max(axis=1, keepdims=True)
     p = np.exp(logg)
