@@ -250,9 +250,20 @@ def test_auto_chunk_keeps_cpu_chunks_in_cache_and_fills_a_gpu():
     assert engine.auto_chunk(7, 10**9, "gpu") == 1                        # too big for one: one at a time
 
 
+def aligned_floats(n):
+    """[n] float32 1.5s whose memory starts on a 64-byte boundary."""
+    buffer = np.empty(n + 16, np.float32)
+    start = (-buffer.ctypes.data % 64) // 4
+    out = buffer[start:start + n]
+    out[:] = 1.5
+    assert out.ctypes.data % 64 == 0
+    return out
+
+
 def test_to_device_copies_with_jnp_asarray_dtypes_and_compiles_nothing():
     host = [np.linspace(0, 1, 3 * 7 * 11).reshape(3, 7, 11), np.arange(13, dtype=np.int64) - 6,
-            np.arange(17) % 3 == 0, np.full((5, 19), 2.5, np.float32)]      # shapes no other test uses
+            np.arange(17) % 3 == 0, np.full((5, 19), 2.5, np.float32),      # shapes no other test uses
+            aligned_floats(65543)]      # 64-byte aligned: jax.device_put alone would share its memory
     with ProgramCount() as programs:
         on_device = engine.to_device(*host)
     assert programs.count == 0

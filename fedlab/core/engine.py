@@ -93,11 +93,11 @@ def device_data(data) -> DeviceData:
 
 
 def to_device(*arrays) -> tuple:
-    """Copies of host arrays on the default device, with the dtypes jnp.asarray gives (float64 ->
-    float32, int64 -> int32). jnp.asarray of a numpy array compiles a copy program for every new
-    shape (5-15 ms each here); a plain jax.device_put compiles nothing but, on CPU, shares the
-    numpy array's memory."""
-    return jax.device_put(arrays, may_alias=False)
+    """Private copies of host arrays on the default device, with the dtypes jnp.asarray gives
+    (float64 -> float32, int64 -> int32), compiling nothing: jnp.asarray of a numpy array compiles
+    a copy program for every new shape (5-15 ms each here). The copy is made in numpy: on CPU,
+    jax.device_put shares the memory of a 64-byte aligned numpy array, may_alias=False or not."""
+    return jax.device_put(tuple(None if a is None else np.array(a, copy=True) for a in arrays))
 
 
 def _local_work(plan: Plan, strategy: Strategy, model: Model, data: DeviceData, sampled_fraction=1.0,
