@@ -6,6 +6,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import threading
 
 import jax
 import numpy as np
@@ -61,18 +62,19 @@ def toy_data(num_clients=6, features=5, classes=3, seed=0, nan=False):
 
 
 class ProgramCount:
-    """Programs that JAX lowers or XLA compiles while the ``with`` block runs (jax.monitoring
-    events; a lowering is counted even when a compilation cache then supplies the program)."""
+    """Programs that JAX lowers or XLA compiles in this thread while the ``with`` block runs
+    (jax.monitoring events, sent by the compiling thread: another test's background compile in
+    the same worker does not count; a lowering counts even when a cache then supplies the program)."""
 
     EVENTS = ("/jax/core/compile/jaxpr_to_mlir_module_duration", "/jax/core/compile/backend_compile_duration")
 
     def __enter__(self):
-        self.count = 0
+        self.count, self.thread = 0, threading.get_ident()
         jax.monitoring.register_event_duration_secs_listener(self._listen)
         return self
 
     def _listen(self, event, duration, **kwargs):
-        self.count += event in self.EVENTS
+        self.count += event in self.EVENTS and threading.get_ident() == self.thread
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self._listen)
