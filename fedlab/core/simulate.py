@@ -111,8 +111,10 @@ class Evaluator:
         y = np.concatenate([y, np.zeros(pad, y.dtype)])
         seg = np.concatenate([seg, np.full(pad, 2 * K)])
         nb = len(y) // block
-        self.blocks = engine.to_device(x.reshape((nb, block) + x.shape[1:]), y.reshape(nb, block),
-                                       seg.reshape(nb, block).astype(np.int32))
+        # x, y and seg are this evaluator's own new arrays: device_put may share their memory (no copy,
+        # nothing else can change them), where engine.to_device would copy every row once more
+        self.blocks = jax.device_put((x.reshape((nb, block) + x.shape[1:]), y.reshape(nb, block),
+                                      seg.reshape(nb, block).astype(np.int32)))
         self.num_clients, self.num_classes = K, model.num_classes
         self.train_n, self.test_n = data.train_counts, data.test_counts
         self.target_std = float((getattr(data, "target_scale", None) or (0.0, 1.0))[1])
